@@ -1,0 +1,370 @@
+// The C ABI: argument checks, then the C++ layer; every exception becomes a
+// status code and a thread-local message.
+#include <cstring>
+#include <exception>
+#include <new>
+#include <string>
+
+#include "core.hpp"
+#include "qrmsprop/qrmsprop.h"
+#include "qrmsprop/qrmsprop.hpp"
+
+struct qrms_optimizer_s {
+  std::unique_ptr<qrms::Optimizer1State> opt;
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+template <typename Fn>
+qrms_status_t guarded(const char *fn, Fn &&body) noexcept {
+  try {
+    body();
+    return QRMS_SUCCESS;
+  } catch (const qrms::Error &e) {
+    t_last_error = std::string(fn) + ": " + e.what();
+    return e.status();
+  } catch (const std::bad_alloc &) {
+    t_last_error = std::string(fn) + ": out of host memory";
+    return QRMS_ERROR_OUT_OF_MEMORY;
+  } catch (const std::exception &e) {
+    t_last_error = std::string(fn) + ": internal error: " + e.what();
+    return QRMS_ERROR_INTERNAL;
+  } catch (...) {
+    t_last_error = std::string(fn) + ": internal error";
+    return QRMS_ERROR_INTERNAL;
+  }
+}
+
+void require(bool ok, const std::string &message) {
+  if (!ok) throw qrms::ValueError(message);
+}
+
+qrms::Optimizer1State &get(qrms_optimizer_t opt) {
+  require(opt != nullptr && opt->opt != nullptr, "optimizer handle is NULL");
+  return *opt->opt;
+}
+
+qrms::Dtype to_dtype(qrms_dtype_t d) {
+  require(d == QRMS_FLOAT32 || d == QRMS_FLOAT16 || d == QRMS_BFLOAT16,
+          "invalid dtype " + std::to_string(d) + " (QRMS_FLOAT32 0, QRMS_FLOAT16 1, QRMS_BFLOAT16 2)");
+  return static_cast<qrms::Dtype>(d);
+}
+
+// ---- the core entry points ---------------------------------------------------
+
+// The first published qrms_update_params ends with skip_zeros.
+constexpr size_t kUpdateParamsV1Size = offsetof(qrms_update_params, skip_zeros) + sizeof(int32_t);
+
+// Reads hp up to its struct_size and validates it through qrms::validate.
+qrms::math::Hyper read_hyper(const qrms_update_params *hp) {
+  require(hp != nullptr, "hp is NULL");
+  require(hp->struct_size >= kUpdateParamsV1Size,
+          "qrms_update_params.struct_size " + std::to_string(hp->struct_size) +
+              " is smaller than the first published struct (" + std::to_string(kUpdateParamsV1Size) + ")");
+  qrms_update_params p;
+  qrms_update_params_init(&p);
+  std::memcpy(&p, hp, hp->struct_size < sizeof(p) ? hp->struct_size : sizeof(p));
+  qrms::Config c;
+  c.lr = p.lr;
+  c.alpha = p.alpha;
+  c.eps = p.eps;
+  c.weight_decay = p.weight_decay;
+  c.momentum = p.momentum;
+  c.args.max_unorm = p.max_unorm;
+  c.args.skip_zeros = p.skip_zeros != 0;
+  qrms::validate(c);
+  return qrms::math::Hyper{p.lr, p.alpha, p.eps, p.weight_decay, p.momentum, p.max_unorm, p.skip_zeros ? 1 : 0};
+}
+
+std::unique_ptr<qrms::core::Backend> backend_for(qrms_device_t device) {
+  if (device == QRMS_DEVICE_CPU) return qrms::core::make_cpu_backend();
+  if (device == QRMS_DEVICE_CUDA) return qrms::core::make_cuda_backend(-1);  // the current device
+  throw qrms::ValueError("invalid device " + std::to_string(device) + " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
+}
+
+// Checks the pointers of one core update and runs it.
+void run_update(qrms_device_t device, qrms_dtype_t dtype, qrms::core::StateKind kind,
+                qrms::core::TensorUpdate t, const qrms_update_params *hp, const float *qmap, qrms_stream_t stream) {
+  const qrms::Dtype dt = to_dtype(dtype);
+  t.hp = read_hyper(hp);
+  require(t.n > 0, "n must be > 0, got " + std::to_string(t.n));
+  require(t.param != nullptr, "param is NULL");
+  require(t.grad != nullptr, "grad is NULL");
+  require(t.state1 != nullptr, "square_avg state is NULL");
+  const bool mom = t.hp.momentum > 0.0f;
+  require(mom == (t.state2 != nullptr), mom ? "momentum > 0 needs a momentum buffer" : "momentum == 0 needs a NULL momentum buffer");
+  if (kind != qrms::core::StateKind::Float32) {
+    require(qmap != nullptr, "qmap is NULL");
+    require(t.scale1 != nullptr, "square_avg absmax/max is NULL");
+    require(mom == (t.scale2 != nullptr), "the momentum absmax/max must be given exactly when momentum > 0");
+  }
+  require((t.hp.max_unorm > 0.0f) == (t.unorm != nullptr), "unorm must be a 2-float scratch exactly when max_unorm > 0");
+  const size_t es = dt == qrms::Dtype::Float32 ? 4 : 2;
+  require(reinterpret_cast<uintptr_t>(t.param) % es == 0 && reinterpret_cast<uintptr_t>(t.grad) % es == 0,
+          "param and grad must be aligned to their element size");
+  auto backend = backend_for(device);
+  const void *pointers[] = {t.param, t.grad, t.state1, t.state2, t.scale1, t.scale2, t.gnorm_scale, t.unorm, qmap};
+  const char *names[] = {"param", "grad", "square_avg", "momentum", "square_avg scale", "momentum scale",
+                         "gnorm_scale", "unorm", "qmap"};
+  for (size_t i = 0; i < sizeof(pointers) / sizeof(pointers[0]); ++i)
+    if (pointers[i]) backend->check_pointer(pointers[i], names[i]);
+  backend->update(kind, dt, &t, 1, qmap, stream);
+}
+
+}  // namespace
+
+extern "C" {
+
+uint32_t qrms_version(void) { return QRMS_VERSION_NUMBER; }
+
+const char *qrms_status_string(qrms_status_t status) {
+  switch (status) {
+    case QRMS_SUCCESS: return "success";
+    case QRMS_ERROR_INVALID_ARGUMENT: return "invalid argument";
+    case QRMS_ERROR_NOT_IMPLEMENTED: return "not implemented";
+    case QRMS_ERROR_DEVICE: return "device error";
+    case QRMS_ERROR_OUT_OF_MEMORY: return "out of memory";
+    case QRMS_ERROR_BAD_STATE: return "bad state blob";
+    case QRMS_ERROR_INTERNAL: return "internal error";
+    default: return "unknown status";
+  }
+}
+
+const char *qrms_last_error(void) { return t_last_error.c_str(); }
+
+int32_t qrms_cuda_device_count(void) { return qrms::core::cuda_device_count(); }
+
+qrms_status_t qrms_set_num_threads(int32_t n) {
+  return guarded("qrms_set_num_threads", [&] { qrms::core::set_cpu_threads(n); });
+}
+
+int32_t qrms_get_num_threads(void) { return qrms::core::cpu_threads(); }
+
+void qrms_config_init(qrms_config *cfg) {
+  if (cfg) *cfg = qrms::config_to_c(qrms::Config{});
+}
+
+qrms_status_t qrms_optimizer_create(qrms_optimizer_t *out, qrms_variant_t variant, const qrms_config *cfg,
+                                    qrms_device_t device, int32_t device_index) {
+  return guarded("qrms_optimizer_create", [&] {
+    require(out != nullptr, "out is NULL");
+    *out = nullptr;
+    qrms::Config c = qrms::config_from_c(cfg);
+    if (variant == QRMS_RMSPROP_8BIT) c.optim_bits = 8;
+    else if (variant == QRMS_RMSPROP_32BIT) c.optim_bits = 32;
+    else require(variant == QRMS_RMSPROP, "invalid variant " + std::to_string(variant) +
+                                              " (QRMS_RMSPROP 0, QRMS_RMSPROP_8BIT 1, QRMS_RMSPROP_32BIT 2)");
+    require(device == QRMS_DEVICE_CPU || device == QRMS_DEVICE_CUDA,
+            "invalid device " + std::to_string(device) + " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
+    auto handle = std::make_unique<qrms_optimizer_s>();
+    handle->opt = std::make_unique<qrms::Optimizer1State>(c, static_cast<qrms::Device>(device), device_index);
+    *out = handle.release();
+  });
+}
+
+void qrms_optimizer_destroy(qrms_optimizer_t opt) { delete opt; }
+
+qrms_status_t qrms_optimizer_add_param(qrms_optimizer_t opt, void *param, const void *grad, qrms_dtype_t dtype,
+                                       int64_t numel, int64_t *index_out) {
+  return guarded("qrms_optimizer_add_param", [&] {
+    const int64_t index = get(opt).add_param(param, grad, to_dtype(dtype), numel);
+    if (index_out) *index_out = index;
+  });
+}
+
+qrms_status_t qrms_optimizer_set_grad(qrms_optimizer_t opt, int64_t index, const void *grad) {
+  return guarded("qrms_optimizer_set_grad", [&] { get(opt).set_grad(index, grad); });
+}
+
+qrms_status_t qrms_optimizer_set_param_config(qrms_optimizer_t opt, int64_t index, const qrms_config *cfg) {
+  return guarded("qrms_optimizer_set_param_config", [&] {
+    qrms::Optimizer1State &o = get(opt);
+    require(cfg != nullptr, "cfg is NULL");
+    // The override's optim_bits is honoured as given (e.g. keep an embedding
+    // 32-bit inside an RMSprop8bit optimizer).
+    const qrms::Config c = qrms::config_from_c(cfg);
+    o.set_param_config(index, c);
+  });
+}
+
+qrms_status_t qrms_optimizer_set_lr(qrms_optimizer_t opt, float lr) {
+  return guarded("qrms_optimizer_set_lr", [&] { get(opt).set_lr(lr); });
+}
+
+qrms_status_t qrms_optimizer_step(qrms_optimizer_t opt, qrms_stream_t stream) {
+  return guarded("qrms_optimizer_step", [&] { get(opt).step(stream); });
+}
+
+qrms_status_t qrms_optimizer_get_step(qrms_optimizer_t opt, int64_t index, int64_t *step_out) {
+  return guarded("qrms_optimizer_get_step", [&] {
+    require(step_out != nullptr, "step_out is NULL");
+    *step_out = get(opt).get_step(index);
+  });
+}
+
+qrms_status_t qrms_optimizer_read_state(qrms_optimizer_t opt, int64_t index, int32_t which, float *out) {
+  return guarded("qrms_optimizer_read_state", [&] {
+    require(out != nullptr, "out is NULL");
+    const std::vector<float> v = get(opt).read_state(index, which);
+    std::memcpy(out, v.data(), v.size() * sizeof(float));
+  });
+}
+
+qrms_status_t qrms_optimizer_state_bytes(qrms_optimizer_t opt, int64_t *bytes_out) {
+  return guarded("qrms_optimizer_state_bytes", [&] {
+    require(bytes_out != nullptr, "bytes_out is NULL");
+    *bytes_out = get(opt).state_bytes();
+  });
+}
+
+qrms_status_t qrms_optimizer_save(qrms_optimizer_t opt, void *buffer, size_t capacity, size_t *size_out) {
+  return guarded("qrms_optimizer_save", [&] {
+    require(size_out != nullptr, "size_out is NULL");
+    *size_out = get(opt).save(buffer, capacity);
+  });
+}
+
+qrms_status_t qrms_optimizer_load(qrms_optimizer_t opt, const void *buffer, size_t size) {
+  return guarded("qrms_optimizer_load", [&] { get(opt).load(buffer, size); });
+}
+
+qrms_status_t qrms_optimizer_param_count(qrms_optimizer_t opt, int64_t *count_out) {
+  return guarded("qrms_optimizer_param_count", [&] {
+    require(count_out != nullptr, "count_out is NULL");
+    *count_out = get(opt).param_count();
+  });
+}
+
+qrms_status_t qrms_dynamic_map(int32_t is_signed, float out[256]) {
+  return guarded("qrms_dynamic_map", [&] {
+    require(out != nullptr, "out is NULL");
+    const std::vector<float> m = qrms::dynamic_map(is_signed != 0);
+    std::memcpy(out, m.data(), 256 * sizeof(float));
+  });
+}
+
+qrms_status_t qrms_quantize_blockwise(qrms_device_t device, const float *qmap, const float *in, uint8_t *codes,
+                                      float *absmax, int64_t n, int64_t blocksize, qrms_stream_t stream) {
+  return guarded("qrms_quantize_blockwise", [&] {
+    require(qmap && in && codes && absmax, "qmap, in, codes and absmax must not be NULL");
+    require(n > 0, "n must be > 0, got " + std::to_string(n));
+    require(blocksize > 0, "blocksize must be > 0, got " + std::to_string(blocksize));
+    auto b = backend_for(device);
+    b->check_pointer(qmap, "qmap");
+    b->check_pointer(in, "in");
+    b->check_pointer(codes, "codes");
+    b->check_pointer(absmax, "absmax");
+    b->quantize_blockwise(qmap, in, codes, absmax, n, blocksize, stream);
+  });
+}
+
+qrms_status_t qrms_dequantize_blockwise(qrms_device_t device, const float *qmap, const uint8_t *codes,
+                                        const float *absmax, float *out, int64_t n, int64_t blocksize,
+                                        qrms_stream_t stream) {
+  return guarded("qrms_dequantize_blockwise", [&] {
+    require(qmap && codes && absmax && out, "qmap, codes, absmax and out must not be NULL");
+    require(n > 0, "n must be > 0, got " + std::to_string(n));
+    require(blocksize > 0, "blocksize must be > 0, got " + std::to_string(blocksize));
+    auto b = backend_for(device);
+    b->check_pointer(qmap, "qmap");
+    b->check_pointer(codes, "codes");
+    b->check_pointer(absmax, "absmax");
+    b->check_pointer(out, "out");
+    b->dequantize_blockwise(qmap, codes, absmax, out, n, blocksize, stream);
+  });
+}
+
+void qrms_update_params_init(qrms_update_params *hp) {
+  if (!hp) return;
+  std::memset(hp, 0, sizeof(*hp));
+  hp->struct_size = sizeof(*hp);
+  const qrms::Config d;
+  hp->lr = d.lr;
+  hp->alpha = d.alpha;
+  hp->eps = d.eps;
+}
+
+qrms_status_t qrms_update_32bit(qrms_device_t device, qrms_dtype_t dtype, void *param, const void *grad,
+                                float *square_avg, float *momentum_buf, int64_t n, const qrms_update_params *hp,
+                                const float *gnorm_scale, float *unorm, qrms_stream_t stream) {
+  return guarded("qrms_update_32bit", [&] {
+    qrms::core::TensorUpdate t;
+    t.param = param;
+    t.grad = grad;
+    t.n = n;
+    t.state1 = square_avg;
+    t.state2 = momentum_buf;
+    t.gnorm_scale = gnorm_scale;
+    t.unorm = unorm;
+    run_update(device, dtype, qrms::core::StateKind::Float32, t, hp, nullptr, stream);
+  });
+}
+
+qrms_status_t qrms_update_8bit_blockwise(qrms_device_t device, qrms_dtype_t dtype, void *param, const void *grad,
+                                         uint8_t *square_avg_codes, float *square_avg_absmax,
+                                         uint8_t *momentum_codes, float *momentum_absmax, const float *qmap,
+                                         int64_t n, const qrms_update_params *hp, const float *gnorm_scale,
+                                         float *unorm, qrms_stream_t stream) {
+  return guarded("qrms_update_8bit_blockwise", [&] {
+    qrms::core::TensorUpdate t;
+    t.param = param;
+    t.grad = grad;
+    t.n = n;
+    t.state1 = square_avg_codes;
+    t.state2 = momentum_codes;
+    t.scale1 = square_avg_absmax;
+    t.scale2 = momentum_absmax;
+    t.gnorm_scale = gnorm_scale;
+    t.unorm = unorm;
+    run_update(device, dtype, qrms::core::StateKind::Blockwise8, t, hp, qmap, stream);
+  });
+}
+
+qrms_status_t qrms_update_8bit_tensor(qrms_device_t device, qrms_dtype_t dtype, void *param, const void *grad,
+                                      uint8_t *square_avg_codes, float *square_avg_max, uint8_t *momentum_codes,
+                                      float *momentum_max, const float *qmap, int64_t n,
+                                      const qrms_update_params *hp, const float *gnorm_scale, float *unorm,
+                                      qrms_stream_t stream) {
+  return guarded("qrms_update_8bit_tensor", [&] {
+    qrms::core::TensorUpdate t;
+    t.param = param;
+    t.grad = grad;
+    t.n = n;
+    t.state1 = square_avg_codes;
+    t.state2 = momentum_codes;
+    t.scale1 = square_avg_max;
+    t.scale2 = momentum_max;
+    t.gnorm_scale = gnorm_scale;
+    t.unorm = unorm;
+    run_update(device, dtype, qrms::core::StateKind::Tensor8, t, hp, qmap, stream);
+  });
+}
+
+qrms_status_t qrms_percentile_clipping(qrms_device_t device, qrms_dtype_t dtype, const void *grad, int64_t n,
+                                       float *gnorm_vec, int64_t *step, int32_t percentile, float *gnorm_scale,
+                                       qrms_stream_t stream) {
+  return guarded("qrms_percentile_clipping", [&] {
+    const qrms::Dtype dt = to_dtype(dtype);
+    require(grad && gnorm_vec && step && gnorm_scale, "grad, gnorm_vec, step and gnorm_scale must not be NULL");
+    require(n > 0, "n must be > 0, got " + std::to_string(n));
+    require(percentile >= 0 && percentile < 100,
+            "percentile must be in 0..99 for clipping, got " + std::to_string(percentile));
+    auto b = backend_for(device);
+    b->check_pointer(grad, "grad");
+    b->check_pointer(gnorm_vec, "gnorm_vec");
+    b->check_pointer(step, "step");
+    b->check_pointer(gnorm_scale, "gnorm_scale");
+    qrms::core::ClipJob j;
+    j.grad = grad;
+    j.n = n;
+    j.gnorm_vec = gnorm_vec;
+    j.step = step;
+    j.percentile = percentile;
+    j.gnorm_scale = gnorm_scale;
+    b->clip(dt, &j, 1, stream);
+  });
+}
+
+}  // extern "C"

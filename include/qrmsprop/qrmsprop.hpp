@@ -1,0 +1,142 @@
+// qrmsprop C++ class layer: qrms::RMSprop, qrms::RMSprop8bit and
+// qrms::RMSprop32bit over one base, qrms::Optimizer1State.
+//
+// Failures throw a qrms::Error subclass carrying the C status code:
+// ValueError (QRMS_ERROR_INVALID_ARGUMENT), NotImplementedError,
+// DeviceError, OutOfMemoryError, BadStateError. A method that throws leaves
+// the optimizer as it was.
+//
+// The C++ API is linked statically (CMake target qrmsprop::cpp, archive
+// libqrmsprop_cpp.a): C++ has no stable ABI, so the shared library
+// libqrmsprop.so exports only the C functions of qrmsprop.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "qrmsprop/qrmsprop.h"
+
+namespace qrms {
+
+enum class Device : int32_t { CPU = QRMS_DEVICE_CPU, CUDA = QRMS_DEVICE_CUDA };
+enum class Dtype : int32_t { Float32 = QRMS_FLOAT32, Float16 = QRMS_FLOAT16, BFloat16 = QRMS_BFLOAT16 };
+
+class Error : public std::runtime_error {
+ public:
+  Error(qrms_status_t status, const std::string &message) : std::runtime_error(message), status_(status) {}
+  qrms_status_t status() const noexcept { return status_; }
+
+ private:
+  qrms_status_t status_;
+};
+
+#define QRMS_DEFINE_ERROR(Name, code)                                                  \
+  class Name : public Error {                                                 \
+   public:                                                                             \
+    explicit Name(const std::string &message) : Error(code, message) {}                \
+  }
+QRMS_DEFINE_ERROR(ValueError, QRMS_ERROR_INVALID_ARGUMENT);
+QRMS_DEFINE_ERROR(NotImplementedError, QRMS_ERROR_NOT_IMPLEMENTED);
+QRMS_DEFINE_ERROR(DeviceError, QRMS_ERROR_DEVICE);
+QRMS_DEFINE_ERROR(OutOfMemoryError, QRMS_ERROR_OUT_OF_MEMORY);
+QRMS_DEFINE_ERROR(BadStateError, QRMS_ERROR_BAD_STATE);
+#undef QRMS_DEFINE_ERROR
+
+// The extra options of bitsandbytes' `args`.
+struct Args {
+  int64_t min_8bit_size = 4096;
+  int32_t percentile_clipping = 100;
+  bool block_wise = true;
+  float max_unorm = 0.0f;
+  bool skip_zeros = false;
+};
+
+// Every hyper-parameter of one parameter (SPEC section 2).
+struct Config {
+  float lr = 1e-2f;
+  float alpha = 0.99f;
+  float eps = 1e-8f;
+  float weight_decay = 0.0f;
+  float momentum = 0.0f;
+  bool centered = false;
+  int32_t optim_bits = 32;
+  Args args{};
+};
+
+// The one validation path: throws NotImplementedError for alpha == 0, then
+// centered, then optim_bits not 8/32; ValueError for every other rule.
+void validate(const Config &cfg);
+
+// Conversions between the C struct and Config (read up to struct_size).
+Config config_from_c(const qrms_config *cfg);
+qrms_config config_to_c(const Config &cfg);
+
+// bitsandbytes' create_dynamic_map(signed, 7, 8).
+std::vector<float> dynamic_map(bool is_signed);
+
+class Optimizer1State {
+ public:
+  Optimizer1State(const Config &cfg, Device device = Device::CPU, int device_index = 0);
+  virtual ~Optimizer1State();
+  Optimizer1State(const Optimizer1State &) = delete;
+  Optimizer1State &operator=(const Optimizer1State &) = delete;
+
+  // Registers a parameter (state allocated now, zeroed); returns its index.
+  int64_t add_param(void *param, const void *grad, Dtype dtype, int64_t numel);
+  void set_grad(int64_t index, const void *grad);
+  // Per-parameter override (bitsandbytes' GlobalOptimManager.override_config).
+  void set_param_config(int64_t index, const Config &cfg);
+  const Config &param_config(int64_t index) const;
+  const Config &config() const;
+  // Learning rate of every parameter, own configs included.
+  void set_lr(float lr);
+  // One step of every parameter with a grad; stream is a cudaStream_t.
+  void step(void *stream = nullptr);
+
+  int64_t param_count() const;
+  int64_t get_step(int64_t index) const;
+  // Dequantized state (QRMS_STATE_SQUARE_AVG or QRMS_STATE_MOMENTUM).
+  std::vector<float> read_state(int64_t index, int which) const;
+  // True when the parameter's state is 8-bit.
+  bool is_8bit(int64_t index) const;
+  int64_t state_bytes() const;
+  Device device() const;
+
+  // Save into buffer (capacity bytes); returns the size. buffer == nullptr
+  // with capacity 0 only returns the size.
+  size_t save(void *buffer, size_t capacity) const;
+  std::vector<uint8_t> save() const;
+  void load(const void *buffer, size_t size);
+
+  struct Impl;
+
+ protected:
+  std::unique_ptr<Impl> impl_;
+};
+
+class RMSprop : public Optimizer1State {
+ public:
+  explicit RMSprop(float lr = 1e-2f, float alpha = 0.99f, float eps = 1e-8f, float weight_decay = 0.0f,
+                   float momentum = 0.0f, bool centered = false, int32_t optim_bits = 32,
+                   const Args &args = Args{}, Device device = Device::CPU, int device_index = 0);
+};
+
+class RMSprop8bit : public Optimizer1State {
+ public:
+  explicit RMSprop8bit(float lr = 1e-2f, float alpha = 0.99f, float eps = 1e-8f, float weight_decay = 0.0f,
+                       float momentum = 0.0f, bool centered = false, const Args &args = Args{},
+                       Device device = Device::CPU, int device_index = 0);
+};
+
+class RMSprop32bit : public Optimizer1State {
+ public:
+  explicit RMSprop32bit(float lr = 1e-2f, float alpha = 0.99f, float eps = 1e-8f, float weight_decay = 0.0f,
+                        float momentum = 0.0f, bool centered = false, const Args &args = Args{},
+                        Device device = Device::CPU, int device_index = 0);
+};
+
+}  // namespace qrms

@@ -1,0 +1,88 @@
+// The core layer: stateless operations on raw pointers, one implementation
+// per backend (src/cpu_backend.cpp, cuda/cuda_backend.cu). Nothing here knows
+// about optimizer objects; the class layer (src/optimizer.cpp) and the C ABI
+// (capi/) call these.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "element.hpp"
+#include "qrmsprop/qrmsprop.hpp"
+
+namespace qrms {
+namespace core {
+
+// How a tensor's state is stored.
+enum class StateKind : int32_t {
+  Float32 = 0,      // s, b: n floats
+  Blockwise8 = 1,   // s, b: n codes + ceil(n/256) absmax floats
+  Tensor8 = 2,      // s, b: n codes + 2 floats {max1, new_max1}
+};
+
+// One tensor of a (multi-tensor) update. All pointers are device pointers.
+struct TensorUpdate {
+  void *param = nullptr;
+  const void *grad = nullptr;
+  int64_t n = 0;
+  void *state1 = nullptr;          // square average: float* or uint8_t* codes
+  void *state2 = nullptr;          // momentum buffer, nullptr when hp.momentum == 0
+  float *scale1 = nullptr;         // 8-bit: absmax per block, or {max1, new_max1}
+  float *scale2 = nullptr;         // the same for the momentum buffer
+  const float *gnorm_scale = nullptr;  // nullptr means 1
+  float *unorm = nullptr;          // 2 floats of scratch when hp.max_unorm > 0
+  math::Hyper hp{};
+};
+
+// One tensor of a (multi-tensor) percentile clipping pass.
+struct ClipJob {
+  const void *grad = nullptr;
+  int64_t n = 0;
+  float *gnorm_vec = nullptr;      // 100 floats
+  int64_t *step = nullptr;         // steps taken so far; incremented
+  int32_t percentile = 100;
+  float *gnorm_scale = nullptr;    // output
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+
+  // Zero-filled memory on the backend's device. Throws OutOfMemoryError.
+  virtual void *alloc(size_t bytes) = 0;
+  virtual void free(void *p) noexcept = 0;
+  // Synchronous copies between host and device memory (not used by step).
+  virtual void to_host(void *dst, const void *src, size_t bytes) = 0;
+  virtual void from_host(void *dst, const void *src, size_t bytes) = 0;
+  // Throws DeviceError when p is not memory of this backend's device.
+  virtual void check_pointer(const void *p, const char *what) = 0;
+
+  // Every tensor in `tensors` has state kind `kind` and params/grads of
+  // `dtype`. qmap: 256 device floats (8-bit kinds only).
+  virtual void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count,
+                      const float *qmap, void *stream) = 0;
+  // Percentile clipping for `count` gradients of `dtype`.
+  virtual void clip(Dtype dtype, const ClipJob *jobs, size_t count, void *stream) = 0;
+
+  virtual void quantize_blockwise(const float *qmap, const float *in, uint8_t *codes, float *absmax,
+                                  int64_t n, int64_t blocksize, void *stream) = 0;
+  virtual void dequantize_blockwise(const float *qmap, const uint8_t *codes, const float *absmax,
+                                    float *out, int64_t n, int64_t blocksize, void *stream) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+// Throws DeviceError when CUDA support is not built in or the device does not exist.
+std::unique_ptr<Backend> make_cuda_backend(int device_index);
+int cuda_device_count() noexcept;
+
+// The CPU backend's thread count (>= 1); n <= 0 restores the default.
+void set_cpu_threads(int n);
+int cpu_threads();
+
+// Number of 256-element blocks of an n-element tensor.
+inline int64_t num_blocks(int64_t n) { return (n + math::kBlockSize - 1) / math::kBlockSize; }
+
+}  // namespace core
+}  // namespace qrms

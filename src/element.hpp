@@ -1,0 +1,209 @@
+// The per-element math of qrmsprop (SPEC section 3 and 4), written once and
+// compiled for both backends: the CPU backend calls these functions from its
+// loops, the CUDA kernels from theirs. Every function is plain float32
+// arithmetic with no fused multiply-add on either side (the CUDA code is
+// built with -fmad=false), so both backends produce the same bits.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define QRMS_HD __host__ __device__ __forceinline__
+#else
+#define QRMS_HD inline
+#endif
+
+namespace qrms {
+namespace math {
+
+// Storage types of the 16-bit dtypes; arithmetic is always done in float.
+struct half_t { uint16_t bits; };
+struct bf16_t { uint16_t bits; };
+
+constexpr int64_t kBlockSize = 256;   // 8-bit block-wise quantization block
+constexpr int kGnormHistory = 100;   // percentile clipping history length
+
+QRMS_HD uint32_t float_bits(float f) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(f);
+#else
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+#endif
+}
+
+QRMS_HD float bits_float(uint32_t u) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(u);
+#else
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+#endif
+}
+
+// ---- conversions ---------------------------------------------------------
+
+QRMS_HD float to_float(float x) { return x; }
+
+QRMS_HD float to_float(bf16_t x) { return bits_float(uint32_t(x.bits) << 16); }
+
+QRMS_HD float to_float(half_t x) {
+  const uint32_t sign = uint32_t(x.bits & 0x8000u) << 16;
+  uint32_t exp = (x.bits >> 10) & 0x1fu;
+  uint32_t mant = x.bits & 0x3ffu;
+  if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (mant << 13));  // inf / nan
+  if (exp == 0) {
+    if (mant == 0) return bits_float(sign);
+    // subnormal half: normalise into a float
+    int e = -1;
+    do { mant <<= 1; ++e; } while ((mant & 0x400u) == 0);
+    return bits_float(sign | uint32_t(127 - 15 - e) << 23 | ((mant & 0x3ffu) << 13));
+  }
+  return bits_float(sign | (exp + 127 - 15) << 23 | (mant << 13));
+}
+
+// Round-to-nearest-even float -> bfloat16; NaN stays a (quiet) NaN.
+QRMS_HD bf16_t to_bf16(float f) {
+  uint32_t u = float_bits(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{uint16_t((u >> 16) | 0x40u)};
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bf16_t{uint16_t(u >> 16)};
+}
+
+// Round-to-nearest-even float -> IEEE half, with subnormals, overflow to inf.
+QRMS_HD half_t to_half(float f) {
+  const uint32_t u = float_bits(f);
+  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return half_t{uint16_t(sign | 0x7e00u)};    // nan
+  if (a >= 0x477ff000u) return half_t{uint16_t(sign | 0x7c00u)};   // rounds to inf
+  if (a < 0x38800000u) {                                            // half subnormal or zero
+    if (a < 0x33000000u) return half_t{sign};                       // below half of the smallest
+    const uint32_t e = a >> 23;
+    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
+    const uint32_t shift = 126u - e;                                // 14 + (112 - e)
+    uint32_t h = m >> shift;
+    const uint32_t rem = m & ((1u << shift) - 1u);
+    const uint32_t halfway = 1u << (shift - 1u);
+    if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
+    return half_t{uint16_t(sign | h)};
+  }
+  uint32_t h = ((a >> 13) - (112u << 10));
+  const uint32_t rem = a & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  return half_t{uint16_t(sign | h)};
+}
+
+template <typename T> QRMS_HD T from_float(float f);
+template <> QRMS_HD float from_float<float>(float f) { return f; }
+template <> QRMS_HD bf16_t from_float<bf16_t>(float f) { return to_bf16(f); }
+template <> QRMS_HD half_t from_float<half_t>(float f) { return to_half(f); }
+
+// ---- the RMSprop update ----------------------------------------------------
+
+// Per-tensor hyper-parameters as the kernels read them.
+struct Hyper {
+  float lr, alpha, eps, weight_decay, momentum, max_unorm;
+  int32_t skip_zeros;
+};
+
+// One element of SPEC 3. `s` and `b` hold the old square average and
+// momentum on entry and the new ones on return; `u` gets the unscaled
+// update. Returns false when skip_zeros leaves the element untouched (then
+// s, b and u are unchanged / zero).
+QRMS_HD bool rms_element(const Hyper &h, float p, float graw, float gnorm_scale, float &s, float &b,
+                         float &u) {
+  if (h.skip_zeros && graw == 0.0f) {
+    u = 0.0f;
+    return false;
+  }
+  float g = graw * gnorm_scale;
+  if (h.weight_decay > 0.0f) g = g + h.weight_decay * p;
+  s = h.alpha * s + (1.0f - h.alpha) * (g * g);
+  u = g / (sqrtf(s) + h.eps);
+  if (h.momentum > 0.0f) {
+    b = h.momentum * b + u;
+    u = b;
+  }
+  return true;
+}
+
+// The new parameter value, before rounding to its dtype.
+QRMS_HD float apply_update(float p, float lr, float update_scale, float u) {
+  return p - lr * update_scale * u;
+}
+
+// max_unorm: the factor applied to this tensor's update, from the sums of
+// squares of the unscaled update and of the parameter (SPEC 3).
+QRMS_HD float update_scale(float max_unorm, float eps, float u_sumsq, float p_sumsq) {
+  if (max_unorm <= 0.0f) return 1.0f;
+  const float unorm = sqrtf(u_sumsq);
+  const float limit = max_unorm * sqrtf(p_sumsq) + eps;
+  return unorm > limit ? limit / unorm : 1.0f;
+}
+
+// Percentile clipping (SPEC 3): record this step's squared norm q in the
+// 100-entry history and return gnorm_scale. `sorted_hist` is filled with the
+// history in ascending order by the caller's sort of `hist` after this
+// function's first half (record_gnorm), then clip_scale reads it.
+QRMS_HD void record_gnorm(float *hist, int64_t step, float q) {
+  if (step == 1) {
+    for (int i = 0; i < kGnormHistory; ++i) hist[i] = q;
+  } else {
+    hist[step % kGnormHistory] = q;
+  }
+}
+
+QRMS_HD float clip_scale(const float *hist, const float *sorted_hist, int64_t step, int percentile) {
+  const float current = sqrtf(hist[step % kGnormHistory]);
+  const float clip = sqrtf(sorted_hist[percentile]);
+  return current > clip ? clip / current : 1.0f;
+}
+
+// ---- 8-bit quantization ----------------------------------------------------
+
+// Index of the code nearest to x in the ascending 256-entry map (ties go to
+// the lower code), then the sign rule of SPEC 4: a nonzero value never gets a
+// code of the other sign or zero's sign flipped; it moves one step toward
+// its own sign.
+QRMS_HD uint8_t quantize_nearest(const float *qmap, float x) {
+  int c;
+  if (!(x > qmap[0])) {          // also catches NaN: store the lowest code
+    c = 0;
+  } else if (x >= qmap[255]) {
+    c = 255;
+  } else {
+    int lo = 0, hi = 255;        // invariant: qmap[lo] < x < = qmap[hi] bracket
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) >> 1;
+      if (qmap[mid] <= x) lo = mid; else hi = mid;
+    }
+    c = (x - qmap[lo] <= qmap[hi] - x) ? lo : hi;
+  }
+  const float q = qmap[c];
+  if (x > 0.0f && q < 0.0f && c < 255) ++c;
+  else if (x < 0.0f && q >= 0.0f && c > 0) --c;
+  return uint8_t(c);
+}
+
+// Code for value v in a block (or tensor) of scale `absmax`; a zero scale
+// stores the code of 0.0.
+QRMS_HD uint8_t quantize_scaled(const float *qmap, float v, float absmax, uint8_t zero_code) {
+  return absmax > 0.0f ? quantize_nearest(qmap, v / absmax) : zero_code;
+}
+
+QRMS_HD float dequantize(const float *qmap, uint8_t code, float absmax) { return qmap[code] * absmax; }
+
+// Code of 0.0 in an ascending map (the first entry that is >= 0).
+QRMS_HD uint8_t zero_code(const float *qmap) {
+  int c = 0;
+  while (c < 255 && qmap[c] < 0.0f) ++c;
+  return uint8_t(c);
+}
+
+}  // namespace math
+}  // namespace qrms

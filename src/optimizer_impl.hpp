@@ -1,0 +1,95 @@
+// Private state of qrms::Optimizer1State, shared by optimizer.cpp and
+// state_format.cpp.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "core.hpp"
+
+namespace qrms {
+
+// Device memory owned by the optimizer, freed through its backend.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(core::Backend *backend, size_t bytes)
+      : backend_(backend), ptr_(bytes ? backend->alloc(bytes) : nullptr), bytes_(bytes) {}
+  DeviceBuffer(DeviceBuffer &&o) noexcept { *this = std::move(o); }
+  DeviceBuffer &operator=(DeviceBuffer &&o) noexcept {
+    std::swap(backend_, o.backend_);
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~DeviceBuffer() {
+    if (ptr_) backend_->free(ptr_);
+  }
+  template <typename T = void>
+  T *get() const { return static_cast<T *>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  core::Backend *backend_ = nullptr;
+  void *ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// What state a parameter needs, derived from its config and size.
+struct Layout {
+  core::StateKind kind = core::StateKind::Float32;
+  bool momentum = false;  // momentum buffer
+  bool clip = false;      // percentile clipping history
+  bool unorm = false;     // max_unorm scratch
+
+  static Layout of(const Config &cfg, int64_t n);
+  size_t state_bytes(int64_t n) const;  // bytes of one state buffer (s or b)
+  size_t scale_bytes(int64_t n) const;  // bytes of its absmax / max1 array
+  bool operator==(const Layout &o) const {
+    return kind == o.kind && momentum == o.momentum && clip == o.clip && unorm == o.unorm;
+  }
+  bool operator!=(const Layout &o) const { return !(*this == o); }
+};
+
+// The buffers of one parameter's state.
+struct StateBuffers {
+  DeviceBuffer state1, scale1, state2, scale2;  // s and b with their scales
+  DeviceBuffer gnorm_vec, dev_step, gnorm_scale;  // percentile clipping
+  DeviceBuffer unorm;                             // max_unorm scratch
+
+  StateBuffers() = default;
+  StateBuffers(core::Backend *backend, const Layout &layout, int64_t n);
+  int64_t bytes() const;
+};
+
+struct ParamEntry {
+  void *param = nullptr;
+  const void *grad = nullptr;
+  Dtype dtype = Dtype::Float32;
+  int64_t n = 0;
+  Config cfg;
+  bool own_config = false;  // set by set_param_config
+  int64_t step = 0;
+  Layout layout;
+  StateBuffers state;
+};
+
+struct Optimizer1State::Impl {
+  Config cfg;
+  std::unique_ptr<core::Backend> backend;
+  DeviceBuffer qmap;                 // signed dynamic map on the device
+  std::vector<float> host_qmap;
+  std::vector<ParamEntry> params;
+  // Reused by step() so that stepping allocates nothing after the first call.
+  std::vector<core::TensorUpdate> updates;
+  std::vector<core::ClipJob> clips;
+
+  ParamEntry &at(int64_t index);
+  const ParamEntry &at(int64_t index) const;
+};
+
+// state_format.cpp
+size_t save_state(const Optimizer1State::Impl &impl, void *buffer, size_t capacity);
+void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size);
+
+}  // namespace qrms
