@@ -73,7 +73,9 @@ class Backend {
 };
 
 std::unique_ptr<Backend> make_cpu_backend();
-// Throws DeviceError when CUDA support is not built in or the device does not exist.
+// Throws DeviceError when CUDA support is not built in or the device does not
+// exist. device_index -1 means the caller's current CUDA device (used by the
+// core C entry points, which work on whatever device is current).
 std::unique_ptr<Backend> make_cuda_backend(int device_index);
 int cuda_device_count() noexcept;
 
