@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Builds the CPU library and its tests with sanitizers and runs them:
+#   address,undefined  -> build-asan (LeakSanitizer included), whole suite
+#   thread             -> build-tsan, whole suite (the CPU backend's threads)
+#   bash scripts/sanitize.sh [asan|tsan|all]   (default all)
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+what=${1:-all}
+jobs=$(nproc)
+
+run() {  # name sanitizers
+  local dir="$here/build-$1"
+  echo "== $1: -fsanitize=$2"
+  cmake -S "$here" -B "$dir" -DQRMS_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQRMS_SANITIZE="$2" \
+        -DQRMS_BUILD_BENCH=OFF -DQRMS_BUILD_EXAMPLES=ON >/dev/null
+  cmake --build "$dir" -j"$jobs"
+  # Threads: the CPU backend uses 2 threads whatever the machine has.
+  QRMS_NUM_THREADS=2 ctest --test-dir "$dir" --output-on-failure -j"$jobs" -LE nosanitize
+}
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+case "$what" in
+  asan) run asan address,undefined ;;
+  tsan) run tsan thread ;;
+  all) run asan address,undefined; run tsan thread ;;
+  *) echo "usage: $0 [asan|tsan|all]" >&2; exit 2 ;;
+esac
