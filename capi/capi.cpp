@@ -189,6 +189,18 @@ qrms_status_t qrms_optimizer_set_param_config(qrms_optimizer_t opt, int64_t inde
   });
 }
 
+qrms_status_t qrms_optimizer_get_param_config(qrms_optimizer_t opt, int64_t index, qrms_config *cfg) {
+  return guarded("qrms_optimizer_get_param_config", [&] {
+    const qrms::Optimizer1State &o = get(opt);
+    require(cfg != nullptr, "cfg is NULL");
+    (void)qrms::config_from_c(cfg);  // checks struct_size
+    const qrms_config c = qrms::config_to_c(o.param_config(index));
+    const size_t size = cfg->struct_size < sizeof(c) ? cfg->struct_size : sizeof(c);
+    std::memcpy(reinterpret_cast<char *>(cfg) + sizeof(size_t), reinterpret_cast<const char *>(&c) + sizeof(size_t),
+                size - sizeof(size_t));
+  });
+}
+
 qrms_status_t qrms_optimizer_set_lr(qrms_optimizer_t opt, float lr) {
   return guarded("qrms_optimizer_set_lr", [&] { get(opt).set_lr(lr); });
 }

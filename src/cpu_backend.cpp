@@ -109,7 +109,7 @@ struct StateIO {
         float a;
         if (kind == StateKind::Blockwise8) {
           a = 0.0f;
-          for (int64_t k = 0; k < len; ++k) a = std::max(a, std::fabs(s[k]));
+          for (int64_t k = 0; k < len; ++k) a = math::nan_max(a, std::fabs(s[k]));
           scale[blk] = a;
         } else {
           a = scale[1];
@@ -146,8 +146,8 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
       block_u += u * u;
       block_p += p * p;
       if (write && touched) store<T>(t.param, i0 + k, math::apply_update(p, h.lr, uscale, u));
-      acc.max1 = std::max(acc.max1, std::fabs(s[k]));
-      if (mom) acc.max2 = std::max(acc.max2, std::fabs(b[k]));
+      acc.max1 = math::nan_max(acc.max1, std::fabs(s[k]));
+      if (mom) acc.max2 = math::nan_max(acc.max2, std::fabs(b[k]));
     }
     acc.u_sumsq += block_u;
     acc.p_sumsq += block_p;
@@ -172,8 +172,8 @@ void update_tensor(StateKind kind, const TensorUpdate &t, const float *qmap) {
     for (const Partial &p : parts) {
       total.u_sumsq += p.u_sumsq;
       total.p_sumsq += p.p_sumsq;
-      total.max1 = std::max(total.max1, p.max1);
-      total.max2 = std::max(total.max2, p.max2);
+      total.max1 = math::nan_max(total.max1, p.max1);
+      total.max2 = math::nan_max(total.max2, p.max2);
     }
     if (t.hp.max_unorm > 0.0f) {
       t.unorm[0] = static_cast<float>(total.u_sumsq);
@@ -266,7 +266,7 @@ class CpuBackend final : public Backend {
     parallel_chunks(blocks, [&](int64_t blk) {
       const int64_t i0 = blk * blocksize, i1 = std::min(n, i0 + blocksize);
       float a = 0.0f;
-      for (int64_t i = i0; i < i1; ++i) a = std::max(a, std::fabs(in[i]));
+      for (int64_t i = i0; i < i1; ++i) a = math::nan_max(a, std::fabs(in[i]));
       absmax[blk] = a;
       for (int64_t i = i0; i < i1; ++i) codes[i] = math::quantize_scaled(qmap, in[i], a, zero);
     });

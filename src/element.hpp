@@ -190,6 +190,15 @@ QRMS_HD uint8_t quantize_nearest(const float *qmap, float x) {
   return uint8_t(c);
 }
 
+// max that keeps NaN (std::max and fmaxf drop it): a NaN in a block makes
+// its absmax NaN, so the whole block reads back as NaN, as 32-bit state
+// would propagate it. Both backends reduce with this.
+QRMS_HD float nan_max(float a, float b) {
+  if (a != a) return a;
+  if (b != b) return b;
+  return b > a ? b : a;
+}
+
 // Code for value v in a block (or tensor) of scale `absmax`; a zero scale
 // stores the code of 0.0.
 QRMS_HD uint8_t quantize_scaled(const float *qmap, float v, float absmax, uint8_t zero_code) {

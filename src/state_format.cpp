@@ -19,7 +19,7 @@ constexpr size_t kChecksumBytes = 8;
 
 // FNV-1a, 64 bit.
 uint64_t checksum(const uint8_t *p, size_t n) {
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = 14695981039346656037ull;
   for (size_t i = 0; i < n; ++i) {
     h ^= p[i];
     h *= 1099511628211ull;

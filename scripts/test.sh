@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Fresh-machine command 2: installs what the tests need, builds everything
+# (with the CUDA backend when nvcc is present) and runs every test stage.
+# Exits non-zero when any stage fails; every stage runs even after an
+# earlier one failed, and the summary at the end lists the failures.
+#
+#   bash scripts/test.sh [stage ...]     # default: every stage in STAGES
+#
+# Environment: QRMS_BUILD_DIR (default build-test), QRMS_JOBS (default
+# nproc), QRMS_CUDA (AUTO, ON or OFF; default AUTO), CMAKE_ARGS (extra
+# CMake options, space-separated). CI runs this through .ci/run.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+BUILD_DIR="${QRMS_BUILD_DIR:-$QRMS_ROOT/build-test}"
+JOBS="$QRMS_JOBS"
+export BUILD_DIR JOBS
+
+# ---- dependencies ------------------------------------------------------------
+# Debian packages every stage needs; stages may call apt_ensure for more.
+APT_PACKAGES=(cmake make g++ libc6-dev pkg-config catch2 python3)
+
+# ---- stages ------------------------------------------------------------------
+# A stage is a function stage_<name>; it runs in a subshell with `set -e`, so
+# any failing command fails the stage. Available: $QRMS_ROOT, $BUILD_DIR (the
+# configured and built tree after stage_cpp; libqrmsprop.so is in it),
+# $JOBS, log, apt_ensure.
+
+# Configure (CUDA backend when nvcc is there), build everything, run ctest.
+stage_cpp() {
+  cuda_on_path
+  local extra=()
+  # shellcheck disable=SC2206  # CMAKE_ARGS is meant to be word-split
+  [ -n "${CMAKE_ARGS:-}" ] && extra=(${CMAKE_ARGS})
+  log "configuring in $BUILD_DIR (QRMS_CUDA=${QRMS_CUDA:-AUTO}; nvcc: $(command -v nvcc || echo none))"
+  cmake -S "$QRMS_ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DQRMS_CUDA="${QRMS_CUDA:-AUTO}" \
+    -DQRMS_BUILD_TESTS=ON -DQRMS_BUILD_EXAMPLES=ON -DQRMS_BUILD_BENCH=ON "${extra[@]+"${extra[@]}"}"
+  log "building with -j$JOBS"
+  cmake --build "$BUILD_DIR" -j"$JOBS"
+  log "ctest"
+  ctest --test-dir "$BUILD_DIR" --output-on-failure --no-tests=error -j"$JOBS"
+}
+STAGES=(stage_cpp)
+
+# ---- later stages go below ---------------------------------------------------
+# Define stage_<name>() and append it: STAGES+=(stage_<name>). Examples to
+# come: Python binding tests, Rust binding tests, a sanitizer build.
+
+
+# ---- runner (keep at the end) -------------------------------------------------
+run_stage() {
+  local name="$1" rc start
+  log "stage $name"
+  start=$SECONDS
+  # Not inside `if`/`||`: those would switch off `set -e` within the stage.
+  set +e
+  (set -euo pipefail; "$name")
+  rc=$?
+  set -e
+  RESULTS+=("$(printf '%-24s %s (%ds)' "$name" "$([ "$rc" -eq 0 ] && echo ok || echo "FAILED (exit $rc)")" \
+    $((SECONDS - start)))")
+  [ "$rc" -eq 0 ] || FAILED+=("$name")
+}
+
+main() {
+  local stages=("$@") s
+  [ "${#stages[@]}" -gt 0 ] || stages=("${STAGES[@]}")
+  for s in "${stages[@]}"; do
+    [[ "$s" == stage_* ]] || s="stage_$s"
+    if ! declare -F "$s" >/dev/null; then
+      echo "error: no such stage: $s (have: ${STAGES[*]})" >&2
+      exit 2
+    fi
+  done
+  apt_ensure "${APT_PACKAGES[@]}"
+  RESULTS=()
+  FAILED=()
+  for s in "${stages[@]}"; do
+    [[ "$s" == stage_* ]] || s="stage_$s"
+    run_stage "$s"
+  done
+  log "summary"
+  printf '  %s\n' "${RESULTS[@]}"
+  if [ "${#FAILED[@]}" -gt 0 ]; then
+    echo "FAILED: ${FAILED[*]}" >&2
+    exit 1
+  fi
+  echo "all stages passed"
+}
+
+main "$@"
