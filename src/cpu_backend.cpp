@@ -4,6 +4,9 @@
 // the same whatever the thread count.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <functional>
+#include <mutex>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -37,24 +40,86 @@ std::atomic<int> g_threads{0};  // 0: not chosen yet
 // is the unit of threading and of partial reductions.
 constexpr int64_t kChunkBlocks = 256;
 
-// Calls fn(chunk) for every chunk in [0, chunks), on up to cpu_threads()
-// threads. fn must only write data owned by its chunk.
+// Workers that live as long as the process, so that a step does not pay for
+// starting threads. One parallel region runs at a time; a caller that finds
+// the pool busy (another optimizer stepping on another thread) runs its
+// chunks itself, which gives the same result.
+class ThreadPool {
+ public:
+  ~ThreadPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto &t : workers_) t.join();
+  }
+
+  // Calls fn(chunk) for every chunk in [0, chunks) on `threads` threads
+  // (the caller included). fn must only write data owned by its chunk.
+  void run(int64_t chunks, int threads, const std::function<void(int64_t)> &fn) {
+    std::unique_lock<std::mutex> busy(run_mutex_, std::try_to_lock);
+    if (!busy.owns_lock() || threads <= 1 || chunks <= 1) {
+      for (int64_t c = 0; c < chunks; ++c) fn(c);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (static_cast<int>(workers_.size()) < threads - 1) workers_.emplace_back([this] { work(); });
+    fn_ = &fn;
+    chunks_ = chunks;
+    next_.store(0);
+    helpers_ = threads - 1;
+    pending_ = threads - 1;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    drain();
+    lock.lock();
+    done_.wait(lock, [this] { return pending_ == 0; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void drain() {
+    for (int64_t c = next_.fetch_add(1); c < chunks_; c = next_.fetch_add(1)) (*fn_)(c);
+  }
+
+  void work() {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || (generation_ != seen && helpers_ > 0); });
+      if (stop_) return;
+      seen = generation_;
+      --helpers_;  // only as many workers as asked for take part
+      lock.unlock();
+      drain();
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex run_mutex_;  // one region at a time
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int64_t)> *fn_ = nullptr;
+  int64_t chunks_ = 0;
+  std::atomic<int64_t> next_{0};
+  int helpers_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+// Never destroyed: its workers just stay blocked until the process ends.
+ThreadPool &thread_pool() {
+  static ThreadPool *pool = new ThreadPool;
+  return *pool;
+}
+
 template <typename Fn>
 void parallel_chunks(int64_t chunks, const Fn &fn) {
-  const int64_t threads = std::min<int64_t>(cpu_threads(), chunks);
-  if (threads <= 1) {
-    for (int64_t c = 0; c < chunks; ++c) fn(c);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto worker = [&] {
-    for (int64_t c = next.fetch_add(1); c < chunks; c = next.fetch_add(1)) fn(c);
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(static_cast<size_t>(threads - 1));
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(worker);
-  worker();
-  for (auto &th : pool) th.join();
+  thread_pool().run(chunks, cpu_threads(), std::function<void(int64_t)>(std::cref(fn)));
 }
 
 // ---- dtype access ----------------------------------------------------------
@@ -158,40 +223,74 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
   }
 }
 
+// One chunk of one tensor: the unit of a multi-tensor pass.
+struct ChunkRef {
+  size_t tensor;
+  int64_t chunk;
+};
+
+int64_t chunks_of(int64_t n) { return (num_blocks(n) + kChunkBlocks - 1) / kChunkBlocks; }
+
+// All tensors of one (kind, dtype) group in two parallel regions, as the
+// CUDA backend does in two launches: first the read-only pass of the tensors
+// that need whole-tensor figures before writing (max_unorm norms, per-tensor
+// 8-bit maxima), then the writing pass of every tensor.
 template <typename T>
-void update_tensor(StateKind kind, const TensorUpdate &t, const float *qmap) {
+void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, const float *qmap) {
   const StateIO io{kind, qmap, qmap ? math::zero_code(qmap) : uint8_t(0)};
-  const float gscale = t.gnorm_scale ? *t.gnorm_scale : 1.0f;
-  const int64_t chunks = (num_blocks(t.n) + kChunkBlocks - 1) / kChunkBlocks;
-  float uscale = 1.0f;
   const bool tensor8 = kind == StateKind::Tensor8;
-  if (t.hp.max_unorm > 0.0f || tensor8) {
-    std::vector<Partial> parts(static_cast<size_t>(chunks));
-    parallel_chunks(chunks, [&](int64_t c) { walk_chunk<T>(t, io, c, false, gscale, 1.0f, parts[c]); });
-    Partial total;
-    for (const Partial &p : parts) {
-      total.u_sumsq += p.u_sumsq;
-      total.p_sumsq += p.p_sumsq;
-      total.max1 = math::nan_max(total.max1, p.max1);
-      total.max2 = math::nan_max(total.max2, p.max2);
-    }
-    if (t.hp.max_unorm > 0.0f) {
-      t.unorm[0] = static_cast<float>(total.u_sumsq);
-      t.unorm[1] = static_cast<float>(total.p_sumsq);
-      uscale = math::update_scale(t.hp.max_unorm, t.hp.eps, t.unorm[0], t.unorm[1]);
-    }
-    if (tensor8) {
-      t.scale1[1] = total.max1;
-      if (t.scale2) t.scale2[1] = total.max2;
+  auto gscale = [&](size_t i) { return tensors[i].gnorm_scale ? *tensors[i].gnorm_scale : 1.0f; };
+
+  std::vector<ChunkRef> all, pre;
+  for (size_t i = 0; i < count; ++i) {
+    const bool needs_pre = tensors[i].hp.max_unorm > 0.0f || tensor8;
+    for (int64_t c = 0, e = chunks_of(tensors[i].n); c < e; ++c) {
+      all.push_back({i, c});
+      if (needs_pre) pre.push_back({i, c});
     }
   }
-  parallel_chunks(chunks, [&](int64_t c) {
+
+  std::vector<float> uscale(count, 1.0f);
+  if (!pre.empty()) {
+    std::vector<Partial> parts(pre.size());
+    parallel_chunks(static_cast<int64_t>(pre.size()), [&](int64_t k) {
+      const ChunkRef r = pre[static_cast<size_t>(k)];
+      walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, gscale(r.tensor), 1.0f, parts[static_cast<size_t>(k)]);
+    });
+    // Combine each tensor's partials in chunk order (thread-count independent).
+    for (size_t k = 0; k < pre.size();) {
+      const size_t i = pre[k].tensor;
+      Partial total;
+      for (; k < pre.size() && pre[k].tensor == i; ++k) {
+        total.u_sumsq += parts[k].u_sumsq;
+        total.p_sumsq += parts[k].p_sumsq;
+        total.max1 = math::nan_max(total.max1, parts[k].max1);
+        total.max2 = math::nan_max(total.max2, parts[k].max2);
+      }
+      const TensorUpdate &t = tensors[i];
+      if (t.hp.max_unorm > 0.0f) {
+        t.unorm[0] = static_cast<float>(total.u_sumsq);
+        t.unorm[1] = static_cast<float>(total.p_sumsq);
+        uscale[i] = math::update_scale(t.hp.max_unorm, t.hp.eps, t.unorm[0], t.unorm[1]);
+      }
+      if (tensor8) {
+        t.scale1[1] = total.max1;
+        if (t.scale2) t.scale2[1] = total.max2;
+      }
+    }
+  }
+
+  parallel_chunks(static_cast<int64_t>(all.size()), [&](int64_t k) {
+    const ChunkRef r = all[static_cast<size_t>(k)];
     Partial unused;
-    walk_chunk<T>(t, io, c, true, gscale, uscale, unused);
+    walk_chunk<T>(tensors[r.tensor], io, r.chunk, true, gscale(r.tensor), uscale[r.tensor], unused);
   });
+
   if (tensor8) {  // new_max1 becomes max1 for the next step
-    t.scale1[0] = t.scale1[1];
-    if (t.scale2) t.scale2[0] = t.scale2[1];
+    for (size_t i = 0; i < count; ++i) {
+      tensors[i].scale1[0] = tensors[i].scale1[1];
+      if (tensors[i].scale2) tensors[i].scale2[0] = tensors[i].scale2[1];
+    }
   }
 }
 
@@ -240,7 +339,7 @@ class CpuBackend final : public Backend {
               void *) override {
     dispatch_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
-      for (size_t i = 0; i < count; ++i) update_tensor<T>(kind, tensors[i], qmap);
+      update_group<T>(kind, tensors, count, qmap);
     });
   }
 
