@@ -43,8 +43,16 @@ stage_cpp() {
 STAGES=(stage_cpp)
 
 # ---- later stages go below ---------------------------------------------------
-# Define stage_<name>() and append it: STAGES+=(stage_<name>). Examples to
-# come: Python binding tests, Rust binding tests, a sanitizer build.
+# Define stage_<name>() and append it: STAGES+=(stage_<name>).
+
+# Python (pytest, numpy) and Rust (cargo test --offline) bindings, against
+# the library installed from the build tree into a prefix (not the build tree).
+stage_bindings() {
+  rm -rf "$BUILD_DIR/install"
+  cmake --install "$BUILD_DIR" --prefix "$BUILD_DIR/install"
+  bash "$QRMS_ROOT/scripts/test-bindings.sh" "$BUILD_DIR/install"
+}
+STAGES+=(stage_bindings)
 
 
 # ---- runner (keep at the end) -------------------------------------------------

@@ -1,0 +1,355 @@
+"""The optimizer object: a thin, checked wrapper of qrms_optimizer_*."""
+import ctypes
+import threading
+
+from . import _arrays, _lib
+from ._errors import DeviceError, check
+
+VARIANTS = {
+    "rmsprop": _lib.RMSPROP,
+    "rmsprop8bit": _lib.RMSPROP_8BIT,
+    "rmsprop32bit": _lib.RMSPROP_32BIT,
+}
+_VARIANT_BITS = {_lib.RMSPROP_8BIT: 8, _lib.RMSPROP_32BIT: 32}
+
+# bitsandbytes' names for the fields of qrms_config (SPEC section 2).
+CONFIG_KEYS = (
+    "lr",
+    "alpha",
+    "eps",
+    "weight_decay",
+    "momentum",
+    "centered",
+    "optim_bits",
+    "min_8bit_size",
+    "percentile_clipping",
+    "block_wise",
+    "max_unorm",
+    "skip_zeros",
+)
+_BOOL_KEYS = ("centered", "block_wise", "skip_zeros")
+_STATES = {"square_avg": _lib.STATE_SQUARE_AVG, "momentum": _lib.STATE_MOMENTUM}
+
+
+def default_config():
+    """The library's defaults (qrms_config_init) as a dict."""
+    return config_to_dict(_lib.init_struct(_lib.qrms_config))
+
+
+def config_to_dict(c):
+    d = {k: getattr(c, k) for k in CONFIG_KEYS}
+    for k in _BOOL_KEYS:
+        d[k] = bool(d[k])
+    return d
+
+
+def make_config(**values):
+    """A qrms_config with the library defaults, then `values` (bitsandbytes names)."""
+    unknown = sorted(set(values) - set(CONFIG_KEYS))
+    if unknown:
+        raise TypeError("unknown config keys %s; known: %s" % (unknown, ", ".join(CONFIG_KEYS)))
+    c = _lib.init_struct(_lib.qrms_config)  # defaults, struct_size = ours
+    for k, v in values.items():
+        if v is None:
+            continue
+        if k in _BOOL_KEYS:
+            v = 1 if v else 0
+        elif k in ("optim_bits", "min_8bit_size", "percentile_clipping"):
+            if isinstance(v, bool) or int(v) != v:
+                raise ValueError("%s must be an integer, got %r" % (k, v))
+            v = int(v)
+        else:
+            v = float(v)
+        try:
+            setattr(c, k, v)
+        except (TypeError, OverflowError) as e:
+            raise ValueError("%s=%r does not fit qrms_config.%s: %s" % (k, v, k, e)) from None
+    return c
+
+
+def parse_device(device):
+    """'cpu', 'cuda', 'cuda:N' (or a torch.device) -> (QRMS_DEVICE_*, index, name)."""
+    s = str(device)
+    if s == "cpu":
+        return _lib.DEVICE_CPU, 0, "cpu"
+    if s == "cuda":
+        return _lib.DEVICE_CUDA, 0, "cuda:0"
+    if s.startswith("cuda:") and s[5:].isdigit():
+        return _lib.DEVICE_CUDA, int(s[5:]), s
+    raise ValueError("device must be 'cpu', 'cuda' or 'cuda:N', got %r" % (device,))
+
+
+class Optimizer:
+    """An RMSprop optimizer of the qrmsprop library.
+
+    variant: 'rmsprop' (optim_bits from the config), 'rmsprop8bit' or
+    'rmsprop32bit' (optim_bits fixed). device: 'cpu', 'cuda' or 'cuda:N'.
+    config: bitsandbytes' names (lr, alpha, eps, weight_decay, momentum,
+    centered, optim_bits, min_8bit_size, percentile_clipping, block_wise,
+    max_unorm, skip_zeros); unspecified ones take the SPEC defaults.
+
+    Parameters and gradients are used in place, never copied: the optimizer
+    keeps a reference to every array it was given, so their memory stays
+    valid while it may use them. One optimizer must not be used from two
+    threads at once; this wrapper serialises its own calls with a lock.
+    """
+
+    def __init__(self, variant="rmsprop", device="cpu", **config):
+        if isinstance(variant, str):
+            key = variant.lower().replace("_", "").replace("-", "")
+            if key not in VARIANTS:
+                raise ValueError("variant must be one of %s, got %r" % (", ".join(VARIANTS), variant))
+            variant = VARIANTS[key]
+        elif variant not in VARIANTS.values():
+            raise ValueError("variant must be one of %s or 0/1/2, got %r" % (", ".join(VARIANTS), variant))
+        fixed = _VARIANT_BITS.get(variant)
+        if fixed is not None:
+            given = config.get("optim_bits")
+            if given is not None and given != fixed:
+                raise ValueError("optim_bits=%r conflicts with the variant, which fixes it to %d" % (given, fixed))
+            config["optim_bits"] = fixed
+        self._lib = _lib.load_library()
+        self._handle = None
+        self._lock = threading.RLock()
+        self.device_type, self.device_index, self.device = parse_device(device)
+        self.variant = variant
+        cfg = make_config(**config)
+        handle = _lib.c_optimizer()
+        check(self._lib.qrms_optimizer_create(ctypes.byref(handle), variant, ctypes.byref(cfg),
+                                              self.device_type, self.device_index))
+        self._handle = handle
+        self._config = config_to_dict(cfg)
+        self._params = []  # per index: (Buffer of the param, shape)
+        self._grads = []  # per index: Buffer of the grad or None
+
+    # ---- lifetime -----------------------------------------------------------
+    def close(self):
+        """Frees the library object and its state now (also done on garbage collection)."""
+        with self._lock:
+            if self._handle is not None:
+                self._lib.qrms_optimizer_destroy(self._handle)
+                self._handle = None
+                self._params = []
+                self._grads = []
+
+    def __del__(self):
+        if getattr(self, "_handle", None) is not None:
+            try:
+                self._lib.qrms_optimizer_destroy(self._handle)
+            except Exception:
+                pass
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _h(self):
+        if self._handle is None:
+            raise ValueError("this optimizer was closed")
+        return self._handle
+
+    # ---- parameters -----------------------------------------------------------
+    def _buffer(self, obj, what):
+        b = _arrays.describe(obj, what)
+        want = "cpu" if self.device_type == _lib.DEVICE_CPU else "cuda"
+        if b.device != want:
+            raise DeviceError("%s is %s memory but this optimizer is on %s" % (what, b.device, self.device))
+        if want == "cuda" and b.device_index is not None and b.device_index != self.device_index:
+            raise DeviceError("%s is on cuda:%d but this optimizer is on %s" % (what, b.device_index, self.device))
+        return b
+
+    @staticmethod
+    def _shape(obj):
+        shape = getattr(obj, "shape", None)
+        if shape is None:
+            cai = getattr(obj, "__cuda_array_interface__", None) or getattr(obj, "__array_interface__", {})
+            shape = cai.get("shape", ())
+        return tuple(int(d) for d in shape)
+
+    def _grad_buffer(self, grad, pb, index_text):
+        if grad is None:
+            return None
+        g = self._buffer(grad, "grad" + index_text)
+        if g.dtype != pb.dtype:
+            raise ValueError("grad%s has dtype %s but the param has dtype %s"
+                             % (index_text, _arrays.DTYPE_NAMES[g.dtype], _arrays.DTYPE_NAMES[pb.dtype]))
+        if g.numel != pb.numel:
+            raise ValueError("grad%s has %d elements but the param has %d" % (index_text, g.numel, pb.numel))
+        return g
+
+    def add_param(self, param, grad=None):
+        """Registers `param` (updated in place at every step) with its gradient
+        (may be None: set it later with set_grad). Returns the index."""
+        with self._lock:
+            h = self._h()
+            pb = self._buffer(param, "param")
+            if pb.readonly:
+                raise ValueError("param is read-only; the optimizer writes to it in place")
+            gb = self._grad_buffer(grad, pb, "")
+            index = ctypes.c_int64()
+            check(self._lib.qrms_optimizer_add_param(h, pb.ptr, gb.ptr if gb else None, pb.dtype, pb.numel,
+                                                     ctypes.byref(index)))
+            self._params.append((pb, self._shape(param)))
+            self._grads.append(gb)
+            return index.value
+
+    def _check_index(self, index):
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise TypeError("index must be an int, got %r" % (index,))
+
+    def set_grad(self, index, grad):
+        """Points parameter `index` at a new gradient (or None: skipped by step)."""
+        with self._lock:
+            h = self._h()
+            self._check_index(index)
+            if 0 <= index < len(self._params):
+                gb = self._grad_buffer(grad, self._params[index][0], " of parameter %d" % index)
+            else:
+                gb = None  # the library reports the bad index
+            check(self._lib.qrms_optimizer_set_grad(h, index, gb.ptr if gb else None))
+            self._grads[index] = gb
+
+    def param_config(self, index):
+        """The config parameter `index` uses (its own, or the optimizer's), as a dict."""
+        with self._lock:
+            h = self._h()
+            self._check_index(index)
+            if not hasattr(self._lib, "qrms_optimizer_get_param_config"):
+                raise NotImplementedError("this libqrmsprop has no qrms_optimizer_get_param_config")
+            cfg = _lib.init_struct(_lib.qrms_config)
+            check(self._lib.qrms_optimizer_get_param_config(h, index, ctypes.byref(cfg)))
+            return config_to_dict(cfg)
+
+    def set_param_config(self, index, **overrides):
+        """Gives parameter `index` its own config: the config it uses now with
+        `overrides` applied (bitsandbytes' override_config; overrides add up).
+        optim_bits and the other layout keys can only change before the
+        parameter's first step."""
+        with self._lock:
+            h = self._h()
+            self._check_index(index)
+            unknown = sorted(set(overrides) - set(CONFIG_KEYS))
+            if unknown:
+                raise TypeError("unknown config keys %s; known: %s" % (unknown, ", ".join(CONFIG_KEYS)))
+            if hasattr(self._lib, "qrms_optimizer_get_param_config"):
+                values = self.param_config(index)
+            else:  # an older library: start from the optimizer's config
+                values = dict(self._config)
+            values.update(overrides)
+            cfg = make_config(**values)
+            check(self._lib.qrms_optimizer_set_param_config(h, index, ctypes.byref(cfg)))
+
+    def set_lr(self, lr):
+        """Sets the learning rate of every parameter, own configs included."""
+        with self._lock:
+            check(self._lib.qrms_optimizer_set_lr(self._h(), float(lr)))
+            self._config["lr"] = float(lr)
+
+    @property
+    def config(self):
+        """The optimizer's config (a copy)."""
+        return dict(self._config)
+
+    @property
+    def lr(self):
+        return self._config["lr"]
+
+    def step(self, stream=None):
+        """One update of every parameter whose grad is set. On CUDA it only
+        enqueues work on `stream` (None: the default stream; an int
+        cudaStream_t, a torch.cuda.Stream, a CuPy or Numba stream)."""
+        s = _arrays.stream_pointer(stream)
+        with self._lock:
+            check(self._lib.qrms_optimizer_step(self._h(), s))
+
+    # ---- queries ----------------------------------------------------------------
+    def __len__(self):
+        return len(self._params)
+
+    @property
+    def param_count(self):
+        with self._lock:
+            n = ctypes.c_int64()
+            check(self._lib.qrms_optimizer_param_count(self._h(), ctypes.byref(n)))
+            return n.value
+
+    def get_step(self, index):
+        """Steps taken by parameter `index`."""
+        with self._lock:
+            self._check_index(index)
+            s = ctypes.c_int64()
+            check(self._lib.qrms_optimizer_get_step(self._h(), index, ctypes.byref(s)))
+            return s.value
+
+    def read_state(self, index, which="square_avg"):
+        """State of parameter `index` ('square_avg' or 'momentum'), dequantized
+        to a new float32 numpy array shaped like the parameter. Synchronises."""
+        import numpy as np
+
+        with self._lock:
+            h = self._h()
+            self._check_index(index)
+            w = _STATES.get(which, which)
+            if w not in _STATES.values():
+                raise ValueError("which must be 'square_avg' or 'momentum', got %r" % (which,))
+            if not 0 <= index < len(self._params):
+                raise ValueError("parameter index %d out of range (the optimizer has %d parameters)"
+                                 % (index, len(self._params)))
+            pb, shape = self._params[index]
+            out = np.empty(pb.numel, dtype=np.float32)
+            check(self._lib.qrms_optimizer_read_state(h, index, w,
+                                                      out.ctypes.data_as(ctypes.POINTER(ctypes.c_float))))
+            return out.reshape(shape) if _prod(shape) == pb.numel else out
+
+    def state_bytes(self):
+        """Bytes of state the optimizer holds on its device."""
+        with self._lock:
+            n = ctypes.c_int64()
+            check(self._lib.qrms_optimizer_state_bytes(self._h(), ctypes.byref(n)))
+            return n.value
+
+    # ---- checkpoints ------------------------------------------------------------
+    def save(self):
+        """All state as a versioned, checksummed blob (bytes)."""
+        with self._lock:
+            h = self._h()
+            size = ctypes.c_size_t()
+            check(self._lib.qrms_optimizer_save(h, None, 0, ctypes.byref(size)))
+            buf = ctypes.create_string_buffer(size.value)
+            check(self._lib.qrms_optimizer_save(h, buf, size.value, ctypes.byref(size)))
+            return buf.raw[: size.value]
+
+    def load(self, blob):
+        """Restores what save() wrote (bytes, bytearray, memoryview, a uint8
+        numpy array or torch tensor). A bad blob raises BadStateError and
+        leaves the optimizer as it was."""
+        data = _as_bytes(blob)
+        with self._lock:
+            check(self._lib.qrms_optimizer_load(self._h(), data, len(data)))
+
+    def __repr__(self):
+        name = {v: k for k, v in VARIANTS.items()}[self.variant]
+        return "qrmsprop.Optimizer(%r, device=%r, params=%d, lr=%g)" % (name, self.device, len(self._params),
+                                                                          self._config["lr"])
+
+
+def _prod(shape):
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _as_bytes(blob):
+    if isinstance(blob, bytes):
+        return blob
+    if _arrays.is_torch_tensor(blob):
+        return blob.detach().cpu().contiguous().numpy().tobytes()
+    try:
+        return bytes(memoryview(blob).cast("B"))
+    except TypeError:
+        raise TypeError("blob must be bytes-like (bytes, bytearray, memoryview, numpy uint8 array) or a torch "
+                        "uint8 tensor, got %s" % type(blob).__name__) from None
