@@ -63,6 +63,7 @@ qrms::math::Hyper read_hyper(const qrms_update_params *hp) {
   require(hp->struct_size >= kUpdateParamsV1Size,
           "qrms_update_params.struct_size " + std::to_string(hp->struct_size) +
               " is smaller than the first published struct (" + std::to_string(kUpdateParamsV1Size) + ")");
+  qrms::check_struct_tail(hp, hp->struct_size, sizeof(qrms_update_params), "qrms_update_params");
   qrms_update_params p;
   qrms_update_params_init(&p);
   std::memcpy(&p, hp, hp->struct_size < sizeof(p) ? hp->struct_size : sizeof(p));
@@ -146,6 +147,17 @@ void qrms_config_init(qrms_config *cfg) {
   if (cfg) *cfg = qrms::config_to_c(qrms::Config{});
 }
 
+qrms_status_t qrms_config_init_sized(qrms_config *cfg, size_t size) {
+  return guarded("qrms_config_init_sized", [&] {
+    require(cfg != nullptr, "cfg is NULL");
+    require(size >= offsetof(qrms_config, skip_zeros) + sizeof(int32_t),
+            "size " + std::to_string(size) + " is smaller than the first published qrms_config");
+    qrms_config c = qrms::config_to_c(qrms::Config{});
+    c.struct_size = size < sizeof(c) ? size : sizeof(c);
+    std::memcpy(cfg, &c, c.struct_size);
+  });
+}
+
 qrms_status_t qrms_optimizer_create(qrms_optimizer_t *out, qrms_variant_t variant, const qrms_config *cfg,
                                     qrms_device_t device, int32_t device_index) {
   return guarded("qrms_optimizer_create", [&] {
@@ -193,7 +205,8 @@ qrms_status_t qrms_optimizer_get_param_config(qrms_optimizer_t opt, int64_t inde
   return guarded("qrms_optimizer_get_param_config", [&] {
     const qrms::Optimizer1State &o = get(opt);
     require(cfg != nullptr, "cfg is NULL");
-    (void)qrms::config_from_c(cfg);  // checks struct_size
+    require(cfg->struct_size >= offsetof(qrms_config, skip_zeros) + sizeof(int32_t),
+            "cfg->struct_size " + std::to_string(cfg->struct_size) + " is smaller than the first published qrms_config");
     const qrms_config c = qrms::config_to_c(o.param_config(index));
     const size_t size = cfg->struct_size < sizeof(c) ? cfg->struct_size : sizeof(c);
     std::memcpy(reinterpret_cast<char *>(cfg) + sizeof(size_t), reinterpret_cast<const char *>(&c) + sizeof(size_t),
@@ -246,6 +259,17 @@ qrms_status_t qrms_optimizer_param_count(qrms_optimizer_t opt, int64_t *count_ou
   return guarded("qrms_optimizer_param_count", [&] {
     require(count_out != nullptr, "count_out is NULL");
     *count_out = get(opt).param_count();
+  });
+}
+
+qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t index, int64_t *numel_out,
+                                        qrms_dtype_t *dtype_out, int32_t *state_bits_out) {
+  return guarded("qrms_optimizer_param_info", [&] {
+    const qrms::Optimizer1State &o = get(opt);
+    const int64_t n = o.numel(index);  // checks the index first
+    if (numel_out) *numel_out = n;
+    if (dtype_out) *dtype_out = static_cast<qrms_dtype_t>(o.dtype(index));
+    if (state_bits_out) *state_bits_out = o.is_8bit(index) ? 8 : 32;
   });
 }
 

@@ -219,6 +219,8 @@ void Optimizer1State::step(void *stream) {
 int64_t Optimizer1State::param_count() const { return static_cast<int64_t>(impl_->params.size()); }
 int64_t Optimizer1State::get_step(int64_t index) const { return impl_->at(index).step; }
 bool Optimizer1State::is_8bit(int64_t index) const { return impl_->at(index).layout.kind != StateKind::Float32; }
+int64_t Optimizer1State::numel(int64_t index) const { return impl_->at(index).n; }
+Dtype Optimizer1State::dtype(int64_t index) const { return impl_->at(index).dtype; }
 Device Optimizer1State::device() const { return impl_->backend->device(); }
 
 std::vector<float> Optimizer1State::read_state(int64_t index, int which) const {

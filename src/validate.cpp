@@ -43,6 +43,15 @@ void validate(const Config &c) {
                      " (100 disables clipping, 0..99 clip at that percentile)");
 }
 
+void check_struct_tail(const void *s, size_t struct_size, size_t known, const char *name) {
+  const unsigned char *p = static_cast<const unsigned char *>(s);
+  for (size_t i = known; i < struct_size; ++i)
+    if (p[i] != 0)
+      throw ValueError(std::string(name) + " has fields this library version (" + std::to_string(QRMS_VERSION_MAJOR) +
+                       "." + std::to_string(QRMS_VERSION_MINOR) + "." + std::to_string(QRMS_VERSION_PATCH) +
+                       ") does not know, set to non-zero values (byte " + std::to_string(i) + ")");
+}
+
 // The first published qrms_config ends with skip_zeros.
 static constexpr size_t kConfigV1Size = offsetof(qrms_config, skip_zeros) + sizeof(int32_t);
 
@@ -53,6 +62,7 @@ Config config_from_c(const qrms_config *cfg) {
     throw ValueError("qrms_config.struct_size " + std::to_string(cfg->struct_size) +
                      " is smaller than the first published qrms_config (" + std::to_string(kConfigV1Size) +
                      "); set it to sizeof(qrms_config)");
+  check_struct_tail(cfg, cfg->struct_size, sizeof(qrms_config), "qrms_config");
   // Read the fields the caller's struct has; newer fields keep defaults.
   qrms_config c = config_to_c(out);
   std::memcpy(&c, cfg, cfg->struct_size < sizeof(c) ? cfg->struct_size : sizeof(c));

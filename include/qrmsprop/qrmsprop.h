@@ -8,7 +8,10 @@
  *  - Structs that begin with `struct_size` may grow at their end. A caller
  *    built against an older header passes its smaller struct_size and the
  *    library gives the missing fields their defaults. A struct_size smaller
- *    than the first published struct is QRMS_ERROR_INVALID_ARGUMENT.
+ *    than the first published struct is QRMS_ERROR_INVALID_ARGUMENT. A
+ *    struct_size larger than this library's struct is accepted only when the
+ *    extra bytes are all zero (fields this version does not know must be
+ *    left at their zero default), else INVALID_ARGUMENT.
  *  - No C++ exception ever crosses this interface. Every function that can
  *    fail returns a qrms_status_t; on failure qrms_last_error() returns a
  *    message for the calling thread naming the argument and the rule.
@@ -101,6 +104,13 @@ typedef struct qrms_config {
  * momentum 0, centered 0, optim_bits 32, min_8bit_size 4096,
  * percentile_clipping 100, block_wise 1, max_unorm 0, skip_zeros 0. */
 QRMS_API void qrms_config_init(qrms_config *cfg);
+/* The same for a caller whose struct has `size` bytes (its sizeof(qrms_config)):
+ * writes at most `size` bytes and sets struct_size to what it wrote. FFI
+ * bindings, and programs that may load a newer library than they were built
+ * against, should use this one: qrms_config_init writes the loaded library's
+ * sizeof(qrms_config). size below the first published struct is
+ * INVALID_ARGUMENT. */
+QRMS_API qrms_status_t qrms_config_init_sized(qrms_config *cfg, size_t size);
 
 /* ------------------------------------------------------------------------ */
 /* Optimizer objects. */
@@ -114,6 +124,8 @@ typedef struct qrms_optimizer_s *qrms_optimizer_t;
 QRMS_API qrms_status_t qrms_optimizer_create(qrms_optimizer_t *out, qrms_variant_t variant,
                                              const qrms_config *cfg, qrms_device_t device,
                                              int32_t device_index);
+/* device_index selects the CUDA device (-1: the calling thread's current
+ * device); it is ignored for QRMS_DEVICE_CPU. */
 /* Frees the optimizer and its state. NULL is fine. */
 QRMS_API void qrms_optimizer_destroy(qrms_optimizer_t opt);
 /* Registers a parameter of numel elements and allocates its state (zeros).
@@ -160,6 +172,10 @@ QRMS_API qrms_status_t qrms_optimizer_save(qrms_optimizer_t opt, void *buffer, s
 QRMS_API qrms_status_t qrms_optimizer_load(qrms_optimizer_t opt, const void *buffer, size_t size);
 /* Number of parameters added so far. */
 QRMS_API qrms_status_t qrms_optimizer_param_count(qrms_optimizer_t opt, int64_t *count_out);
+/* What parameter `index` is: its numel, dtype and state precision (8 or 32
+ * bits). Any output pointer may be NULL. */
+QRMS_API qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t index, int64_t *numel_out,
+                                                 qrms_dtype_t *dtype_out, int32_t *state_bits_out);
 
 /* ------------------------------------------------------------------------ */
 /* Quantization. */

@@ -71,6 +71,10 @@ struct Config {
 // centered, then optim_bits not 8/32; ValueError for every other rule.
 void validate(const Config &cfg);
 
+// Throws ValueError when bytes [known, struct_size) of a caller's struct are
+// not all zero: fields of a newer header that this library would ignore.
+void check_struct_tail(const void *s, size_t struct_size, size_t known, const char *name);
+
 // Conversions between the C struct and Config (read up to struct_size).
 Config config_from_c(const qrms_config *cfg);
 qrms_config config_to_c(const Config &cfg);
@@ -103,6 +107,8 @@ class Optimizer1State {
   std::vector<float> read_state(int64_t index, int which) const;
   // True when the parameter's state is 8-bit.
   bool is_8bit(int64_t index) const;
+  int64_t numel(int64_t index) const;
+  Dtype dtype(int64_t index) const;
   int64_t state_bytes() const;
   Device device() const;
 
