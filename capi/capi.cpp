@@ -150,7 +150,7 @@ void qrms_config_init(qrms_config *cfg) {
 qrms_status_t qrms_config_init_sized(qrms_config *cfg, size_t size) {
   return guarded("qrms_config_init_sized", [&] {
     require(cfg != nullptr, "cfg is NULL");
-    require(size >= offsetof(qrms_config, skip_zeros) + sizeof(int32_t),
+    require(size >= qrms::core::kConfigV1Size,
             "size " + std::to_string(size) + " is smaller than the first published qrms_config");
     qrms_config c = qrms::config_to_c(qrms::Config{});
     c.struct_size = size < sizeof(c) ? size : sizeof(c);
@@ -205,7 +205,7 @@ qrms_status_t qrms_optimizer_get_param_config(qrms_optimizer_t opt, int64_t inde
   return guarded("qrms_optimizer_get_param_config", [&] {
     const qrms::Optimizer1State &o = get(opt);
     require(cfg != nullptr, "cfg is NULL");
-    require(cfg->struct_size >= offsetof(qrms_config, skip_zeros) + sizeof(int32_t),
+    require(cfg->struct_size >= qrms::core::kConfigV1Size,
             "cfg->struct_size " + std::to_string(cfg->struct_size) + " is smaller than the first published qrms_config");
     const qrms_config c = qrms::config_to_c(o.param_config(index));
     const size_t size = cfg->struct_size < sizeof(c) ? cfg->struct_size : sizeof(c);

@@ -83,6 +83,10 @@ int cuda_device_count() noexcept;
 void set_cpu_threads(int n);
 int cpu_threads();
 
+// Size of the first published qrms_config (it ends with skip_zeros): the
+// smallest struct_size accepted.
+constexpr size_t kConfigV1Size = offsetof(qrms_config, skip_zeros) + sizeof(int32_t);
+
 // Number of 256-element blocks of an n-element tensor.
 inline int64_t num_blocks(int64_t n) { return (n + math::kBlockSize - 1) / math::kBlockSize; }
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <string>
 
-#include "qrmsprop/qrmsprop.hpp"
+#include "core.hpp"
 
 namespace qrms {
 
@@ -52,8 +52,7 @@ void check_struct_tail(const void *s, size_t struct_size, size_t known, const ch
                        ") does not know, set to non-zero values (byte " + std::to_string(i) + ")");
 }
 
-// The first published qrms_config ends with skip_zeros.
-static constexpr size_t kConfigV1Size = offsetof(qrms_config, skip_zeros) + sizeof(int32_t);
+using core::kConfigV1Size;
 
 Config config_from_c(const qrms_config *cfg) {
   Config out;
