@@ -78,6 +78,9 @@ std::unique_ptr<Backend> make_cpu_backend();
 // core C entry points, which work on whatever device is current).
 std::unique_ptr<Backend> make_cuda_backend(int device_index);
 int cuda_device_count() noexcept;
+// The CUDA device whose (non-managed) device memory p is, or -1 for any other
+// pointer and in builds without CUDA. Lets the CPU backend refuse GPU memory.
+int cuda_pointer_device(const void *p) noexcept;
 
 // The CPU backend's thread count (>= 1); n <= 0 restores the default.
 void set_cpu_threads(int n);

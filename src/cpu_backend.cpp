@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -333,7 +334,12 @@ class CpuBackend final : public Backend {
   void free(void *p) noexcept override { std::free(p); }
   void to_host(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void from_host(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void check_pointer(const void *, const char *) override {}
+  void check_pointer(const void *p, const char *what) override {
+    const int dev = cuda_pointer_device(p);
+    if (dev >= 0)
+      throw DeviceError(std::string(what) + " is memory of CUDA device " + std::to_string(dev) +
+                        ", but the optimizer runs on the CPU");
+  }
 
   void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count, const float *qmap,
               void *) override {

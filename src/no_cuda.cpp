@@ -10,5 +10,7 @@ std::unique_ptr<Backend> make_cuda_backend(int) {
 
 int cuda_device_count() noexcept { return 0; }
 
+int cuda_pointer_device(const void *) noexcept { return -1; }
+
 }  // namespace core
 }  // namespace qrms

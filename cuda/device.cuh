@@ -1,0 +1,126 @@
+// Device helpers shared by the kernel files: 8-element loads and stores
+// (vectorized when the tensor allows it), state access per StateKind, the
+// quantization map in shared memory, and warp / block reductions.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "launch.hpp"
+
+namespace qrms {
+namespace gpu {
+
+using core::StateKind;
+
+#define QRMS_DEV __device__ __forceinline__
+
+// ---- 8 consecutive elements per thread -------------------------------------
+
+// Elements [i0, i0 + 8) of p, those at or past n replaced by T{}. `vec`: the
+// base pointer allows one aligned vector access per thread (16 bytes for
+// 2- and 4-byte types, 8 bytes for codes; i0 is a multiple of 8).
+template <typename T>
+QRMS_DEV void load8(const T *p, int64_t i0, int64_t n, bool vec, T (&v)[kVec]) {
+  if (vec && i0 + kVec <= n) {
+    using W = std::conditional_t<(sizeof(T) * kVec >= 16), uint4, uint2>;
+    constexpr int kWords = int(sizeof(T) * kVec / sizeof(W));
+    W w[kWords];
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) w[k] = reinterpret_cast<const W *>(p + i0)[k];
+    memcpy(v, w, sizeof(v));
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) v[j] = i0 + j < n ? p[i0 + j] : T{};
+  }
+}
+
+template <typename T>
+QRMS_DEV void store8(T *p, int64_t i0, int64_t n, bool vec, const T (&v)[kVec]) {
+  if (vec && i0 + kVec <= n) {
+    using W = std::conditional_t<(sizeof(T) * kVec >= 16), uint4, uint2>;
+    constexpr int kWords = int(sizeof(T) * kVec / sizeof(W));
+    W w[kWords];
+    memcpy(w, v, sizeof(v));
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) reinterpret_cast<W *>(p + i0)[k] = w[k];
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j)
+      if (i0 + j < n) p[i0 + j] = v[j];
+  }
+}
+
+// ---- the quantization map ----------------------------------------------------
+
+// Copies the 256-entry map into shared memory and finds the code of 0.0.
+// Every thread of the block must call it.
+QRMS_DEV void load_qmap(const float *qmap_global, float *qmap, uint8_t &zero) {
+  for (int i = int(threadIdx.x); i < 256; i += int(blockDim.x)) qmap[i] = qmap_global[i];
+  __syncthreads();
+  if (threadIdx.x == 0) zero = math::zero_code(qmap);
+  __syncthreads();
+}
+
+// ---- state of one thread's 8 elements ----------------------------------------
+
+// The old state as floats (SPEC 4: value = qmap[code] * scale).
+template <StateKind K>
+QRMS_DEV void load_state(const void *state, const float *scale, const float *qmap, int64_t i0, int64_t n, bool vec,
+                         float (&s)[kVec]) {
+  if constexpr (K == StateKind::Float32) {
+    load8(static_cast<const float *>(state), i0, n, vec, s);
+  } else {
+    uint8_t c[kVec];
+    load8(static_cast<const uint8_t *>(state), i0, n, vec, c);
+    const float a = K == StateKind::Blockwise8 ? scale[i0 / math::kBlockSize] : scale[0];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) s[j] = math::dequantize(qmap, c[j], a);
+  }
+}
+
+// Max over the 32 lanes, returned to every lane (max is exact: any order gives
+// the bits of the CPU's sequential max).
+QRMS_DEV float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = math::nan_max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  return v;
+}
+
+// The new state back to memory. Blockwise8: the calling warp holds one whole
+// quantization block (all 32 lanes must call), computes its absmax over the
+// elements below n and stores it. Tensor8: quantizes against new_max1 = scale[1].
+template <StateKind K>
+QRMS_DEV void store_state(void *state, float *scale, const float *qmap, uint8_t zero, int64_t i0, int64_t n, bool vec,
+                          const float (&s)[kVec]) {
+  if constexpr (K == StateKind::Float32) {
+    store8(static_cast<float *>(state), i0, n, vec, s);
+  } else {
+    float a;
+    if constexpr (K == StateKind::Blockwise8) {
+      float m = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kVec; ++j)
+        if (i0 + j < n) m = math::nan_max(m, fabsf(s[j]));
+      a = warp_max(m);
+      if (threadIdx.x % 32 == 0) scale[i0 / math::kBlockSize] = a;
+    } else {
+      a = scale[1];
+    }
+    uint8_t c[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) c[j] = math::quantize_scaled(qmap, s[j], a, zero);
+    store8(static_cast<uint8_t *>(state), i0, n, vec, c);
+  }
+}
+
+// Largest non-negative float into *dst (float bits of non-negative values
+// order like unsigned integers).
+QRMS_DEV void atomic_max_nonneg(float *dst, float v) {
+  atomicMax(reinterpret_cast<unsigned int *>(dst), __float_as_uint(v));
+}
+
+}  // namespace gpu
+}  // namespace qrms

@@ -1,0 +1,186 @@
+// The multi-tensor update kernels of SPEC 3, templated on the param/grad
+// dtype T and the state kind K only; every option (momentum, weight decay,
+// skip_zeros, clipping, max_unorm) is a runtime value of the tensor's
+// TensorMeta. Each kind's instantiations live in their own .cu file
+// (update_32bit.cu, update_blockwise8.cu, update_tensor8.cu) so they compile
+// in parallel.
+//
+// Walk: the grid strides over the global chunks of the launch table; block b
+// takes chunks b, b + gridDim.x, ... Thread t of a block owns elements
+// [chunk * 2048 + 8t, +8) of its chunk's tensor, so warp w owns exactly the
+// quantization block chunk * 8 + w.
+#pragma once
+
+#include <cub/block/block_reduce.cuh>
+
+#include "device.cuh"
+
+namespace qrms {
+namespace gpu {
+
+// Advances `ti` to the tensor that owns global chunk c (c only grows).
+QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
+  while (c >= chunk_start[ti + 1]) ++ti;
+  return ti;
+}
+
+// ---- the update pass -------------------------------------------------------
+
+// Per element: dequantize s (and b), rms_element, P -= lr * update_scale * u,
+// store P and the new state (Blockwise8: new absmax per block; Tensor8:
+// quantized against new_max1 found by reduce_kernel).
+template <typename T, StateKind K>
+__global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
+  __shared__ float qmap[256];
+  __shared__ uint8_t zero;
+  if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+
+  const int lane = int(threadIdx.x) % 32;
+  int ti = 0;
+  for (int64_t c = blockIdx.x; c < args.total_chunks; c += gridDim.x) {
+    ti = owner(args.chunk_start, c, ti);
+    const TensorMeta &m = args.t[ti];
+    const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
+    // Block-wise: the warp computes its block's absmax together, so it goes on
+    // as a whole while its first element exists.
+    const int64_t first = K == StateKind::Blockwise8 ? i0 - int64_t(lane) * kVec : i0;
+    if (first >= m.n) continue;
+
+    const math::Hyper h = m.hp;
+    const bool mom = h.momentum > 0.0f;
+    const bool vec = m.vec != 0;
+    const float gscale = m.gnorm_scale ? *m.gnorm_scale : 1.0f;
+    const float uscale = h.max_unorm > 0.0f ? math::update_scale(h.max_unorm, h.eps, m.unorm[0], m.unorm[1]) : 1.0f;
+
+    T p[kVec], g[kVec];
+    float s[kVec], b[kVec] = {};
+    load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
+    load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
+    load_state<K>(m.state1, m.scale1, qmap, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, qmap, i0, m.n, vec, b);
+
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      const float pf = math::to_float(p[j]);
+      float u;
+      // An element skip_zeros leaves untouched keeps its stored bits.
+      if (math::rms_element(h, pf, math::to_float(g[j]), gscale, s[j], b[j], u))
+        p[j] = math::from_float<T>(math::apply_update(pf, h.lr, uscale, u));
+    }
+
+    store8(static_cast<T *>(m.param), i0, m.n, vec, p);
+    store_state<K>(m.state1, m.scale1, qmap, zero, i0, m.n, vec, s);
+    if (mom) store_state<K>(m.state2, m.scale2, qmap, zero, i0, m.n, vec, b);
+  }
+}
+
+// ---- the read-only pre-pass ------------------------------------------------
+
+// What the pre-pass collects per tensor: sums of squares of the unscaled
+// update and of the parameter (max_unorm), and max |s_new|, max |b_new|
+// (Tensor8's new_max1).
+struct Partial {
+  double u_sumsq, p_sumsq;
+  float max1, max2;
+};
+
+struct CombinePartial {
+  QRMS_DEV Partial operator()(const Partial &a, const Partial &b) const {
+    return Partial{a.u_sumsq + b.u_sumsq, a.p_sumsq + b.p_sumsq, math::nan_max(a.max1, b.max1), math::nan_max(a.max2, b.max2)};
+  }
+};
+
+using PartialReduce = cub::BlockReduce<Partial, kThreads>;
+
+// Combines the block's partials of tensor m and adds them to its accumulators
+// (zeroed by update_prep_kernel). Every thread of the block must call it.
+template <StateKind K>
+QRMS_DEV void flush_partial(const TensorMeta &m, const Partial &acc, typename PartialReduce::TempStorage &tmp) {
+  const Partial total = PartialReduce(tmp).Reduce(acc, CombinePartial{});
+  if (threadIdx.x == 0) {
+    if constexpr (K == StateKind::Tensor8) {
+      atomic_max_nonneg(m.scale1 + 1, total.max1);
+      if (m.scale2) atomic_max_nonneg(m.scale2 + 1, total.max2);
+    }
+    if (m.hp.max_unorm > 0.0f) {
+      atomicAdd(m.unorm, float(total.u_sumsq));
+      atomicAdd(m.unorm + 1, float(total.p_sumsq));
+    }
+  }
+  __syncthreads();  // tmp is reused by the next flush
+}
+
+// The same element math as update_kernel_impl without writing anything:
+// for max_unorm (any kind) and for Tensor8's new_max1 = max |s_new|.
+// Partials stay in registers while the block's chunks belong to one tensor
+// and are flushed when the tensor changes, so a tensor gets about one atomic
+// per block, not one per chunk.
+template <typename T, StateKind K>
+__global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_constant__ UpdateBatch args) {
+  __shared__ float qmap[256];
+  __shared__ uint8_t zero;
+  __shared__ typename PartialReduce::TempStorage tmp;
+  if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+
+  Partial acc{0.0, 0.0, 0.0f, 0.0f};
+  int cur = -1, ti = 0;
+  for (int64_t c = blockIdx.x; c < args.total_chunks; c += gridDim.x) {
+    ti = owner(args.chunk_start, c, ti);
+    if (ti != cur) {  // uniform over the block
+      if (cur >= 0) flush_partial<K>(args.t[cur], acc, tmp);
+      acc = Partial{0.0, 0.0, 0.0f, 0.0f};
+      cur = ti;
+    }
+    const TensorMeta &m = args.t[ti];
+    const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
+    if (i0 >= m.n) continue;
+
+    const math::Hyper h = m.hp;
+    const bool mom = h.momentum > 0.0f;
+    const bool vec = m.vec != 0;
+    const float gscale = m.gnorm_scale ? *m.gnorm_scale : 1.0f;
+
+    T p[kVec], g[kVec];
+    float s[kVec], b[kVec] = {};
+    load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
+    load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
+    load_state<K>(m.state1, m.scale1, qmap, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, qmap, i0, m.n, vec, b);
+
+    float u_sumsq = 0.0f, p_sumsq = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) {
+      if (i0 + j >= m.n) break;
+      const float pf = math::to_float(p[j]);
+      float u;
+      math::rms_element(h, pf, math::to_float(g[j]), gscale, s[j], b[j], u);  // u = 0 when skipped
+      u_sumsq += u * u;
+      p_sumsq += pf * pf;
+      acc.max1 = math::nan_max(acc.max1, fabsf(s[j]));
+      if (mom) acc.max2 = math::nan_max(acc.max2, fabsf(b[j]));
+    }
+    acc.u_sumsq += u_sumsq;
+    acc.p_sumsq += p_sumsq;
+  }
+  if (cur >= 0) flush_partial<K>(args.t[cur], acc, tmp);
+}
+
+template <typename T, StateKind K>
+const void *update_kernel() {
+  return reinterpret_cast<const void *>(&update_kernel_impl<T, K>);
+}
+template <typename T, StateKind K>
+const void *reduce_kernel() {
+  return reinterpret_cast<const void *>(&reduce_kernel_impl<T, K>);
+}
+
+#define QRMS_INSTANTIATE_UPDATE(K)                       \
+  template const void *update_kernel<float, K>();        \
+  template const void *update_kernel<math::half_t, K>(); \
+  template const void *update_kernel<math::bf16_t, K>(); \
+  template const void *reduce_kernel<float, K>();        \
+  template const void *reduce_kernel<math::half_t, K>(); \
+  template const void *reduce_kernel<math::bf16_t, K>();
+
+}  // namespace gpu
+}  // namespace qrms
