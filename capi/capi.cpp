@@ -111,7 +111,7 @@ void run_update(qrms_device_t device, qrms_dtype_t dtype, qrms::core::StateKind 
                          "gnorm_scale", "unorm", "qmap"};
   for (size_t i = 0; i < sizeof(pointers) / sizeof(pointers[0]); ++i)
     if (pointers[i]) backend->check_pointer(pointers[i], names[i]);
-  backend->update(kind, dt, &t, 1, qmap, stream);
+  backend->update(kind, dt, &t, 1, qmap, qrms::core::StepControl{}, stream);
 }
 
 }  // namespace
@@ -216,6 +216,24 @@ qrms_status_t qrms_optimizer_get_param_config(qrms_optimizer_t opt, int64_t inde
 
 qrms_status_t qrms_optimizer_set_lr(qrms_optimizer_t opt, float lr) {
   return guarded("qrms_optimizer_set_lr", [&] { get(opt).set_lr(lr); });
+}
+
+qrms_status_t qrms_optimizer_set_grad_unscale(qrms_optimizer_t opt, const float *unscale) {
+  return guarded("qrms_optimizer_set_grad_unscale", [&] { get(opt).set_grad_unscale(unscale); });
+}
+
+qrms_status_t qrms_optimizer_found_inf(qrms_optimizer_t opt, const int32_t **flag_out) {
+  return guarded("qrms_optimizer_found_inf", [&] {
+    require(flag_out != nullptr, "flag_out is NULL");
+    *flag_out = get(opt).found_inf();
+  });
+}
+
+qrms_status_t qrms_optimizer_read_found_inf(qrms_optimizer_t opt, int32_t *found_out) {
+  return guarded("qrms_optimizer_read_found_inf", [&] {
+    require(found_out != nullptr, "found_out is NULL");
+    *found_out = get(opt).read_found_inf() ? 1 : 0;
+  });
 }
 
 qrms_status_t qrms_optimizer_step(qrms_optimizer_t opt, qrms_stream_t stream) {
@@ -399,7 +417,8 @@ qrms_status_t qrms_percentile_clipping(qrms_device_t device, qrms_dtype_t dtype,
     j.step = step;
     j.percentile = percentile;
     j.gnorm_scale = gnorm_scale;
-    b->clip(dt, &j, 1, stream);
+    j.advance = true;  // no update pass counts the step here
+    b->clip(dt, &j, 1, qrms::core::StepControl{}, stream);
   });
 }
 

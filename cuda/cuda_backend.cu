@@ -128,6 +128,7 @@ class CudaBackend final : public Backend {
           });
         }
         measure_occupancy(gpu::clip_norm_kernel<T>());
+        measure_occupancy(gpu::finite_kernel<T>());
       });
     }
     measure_occupancy(gpu::quantize_blockwise_kernel());
@@ -201,8 +202,13 @@ class CudaBackend final : public Backend {
     }
   }
 
+  void zero(void *p, size_t bytes, void *stream) override {
+    DeviceGuard guard(device_);
+    check(cudaMemsetAsync(p, 0, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+  }
+
   void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count, const float *qmap,
-              void *stream) override {
+              const StepControl &ctl, void *stream) override {
     if (count == 0) return;
     if (kind != StateKind::Float32 && !qmap) throw Error(QRMS_ERROR_INTERNAL, "CUDA update: 8-bit state without qmap");
     for (size_t i = 0; i < count; ++i) check_tensor(kind, tensors[i]);
@@ -216,6 +222,8 @@ class CudaBackend final : public Backend {
         size_t i = 0;
         while (i < count) {
           b.qmap = qmap;
+          b.grad_unscale = ctl.grad_unscale;
+          b.skip = ctl.skip;
           b.count = 0;
           b.chunk_start[0] = 0;
           for (; i < count && b.count < gpu::kMaxTensors; ++i) add_tensor(b, tensors[i], kind, dtype);
@@ -225,7 +233,7 @@ class CudaBackend final : public Backend {
     });
   }
 
-  void clip(Dtype dtype, const ClipJob *jobs, size_t count, void *stream) override {
+  void clip(Dtype dtype, const ClipJob *jobs, size_t count, const StepControl &ctl, void *stream) override {
     if (count == 0) return;
     for (size_t i = 0; i < count; ++i) {
       const ClipJob &j = jobs[i];
@@ -241,6 +249,8 @@ class CudaBackend final : public Backend {
       gpu::ClipBatch &b = *clip_;
       size_t i = 0;
       while (i < count) {
+        b.grad_unscale = ctl.grad_unscale;
+        b.skip = ctl.skip;
         b.count = 0;
         b.chunk_start[0] = 0;
         for (; i < count && b.count < gpu::kMaxClipJobs; ++i) {
@@ -253,6 +263,7 @@ class CudaBackend final : public Backend {
           m.n = j.n;
           m.percentile = j.percentile;
           m.vec = aligned(j.grad, 16) ? 1 : 0;
+          m.advance = j.advance ? 1 : 0;
           b.chunk_start[b.count + 1] = b.chunk_start[b.count] + chunks_of(j.n);
           ++b.count;
         }
@@ -262,6 +273,34 @@ class CudaBackend final : public Backend {
           launch_walk(gpu::clip_norm_kernel<T>(), b.total_chunks, st, "percentile clipping (norms)", &b);
         launch(gpu::clip_finalize_kernel(), static_cast<unsigned>(b.count), gpu::kClipThreads, st,
                "percentile clipping (scale)", &b);
+      }
+    });
+  }
+
+  void check_finite(Dtype dtype, const GradRef *grads, size_t count, const float *grad_unscale, int32_t *found,
+                    void *stream) override {
+    if (count == 0) return;
+    DeviceGuard guard(device_);
+    std::lock_guard<std::mutex> lock(mutex_);
+    const cudaStream_t st = static_cast<cudaStream_t>(stream);
+    dispatch_dtype(dtype, [&](auto dtag) {
+      using T = decltype(dtag);
+      gpu::ClipBatch &b = *clip_;  // only grad, n and vec of each entry are read
+      size_t i = 0;
+      while (i < count) {
+        std::memset(&b, 0, sizeof(b));
+        b.grad_unscale = grad_unscale;
+        for (; i < count && b.count < gpu::kMaxClipJobs; ++i) {
+          gpu::ClipMeta &m = b.j[b.count];
+          m.grad = grads[i].grad;
+          m.n = grads[i].n;
+          m.vec = aligned(grads[i].grad, 16) ? 1 : 0;
+          b.chunk_start[b.count + 1] = b.chunk_start[b.count] + chunks_of(grads[i].n);
+          ++b.count;
+        }
+        b.total_chunks = b.chunk_start[b.count];
+        if (b.total_chunks > 0)
+          launch_walk(gpu::finite_kernel<T>(), b.total_chunks, st, "non-finite gradient check", &b, &found);
       }
     });
   }
@@ -335,6 +374,7 @@ class CudaBackend final : public Backend {
     m.scale2 = t.scale2;
     m.gnorm_scale = t.gnorm_scale;
     m.unorm = t.unorm;
+    m.step = t.step;
     m.n = t.n;
     m.hp = t.hp;
     // 8 elements per thread: 16-byte accesses of params/grads/float state,
@@ -368,6 +408,8 @@ class CudaBackend final : public Backend {
       // Only the max_unorm tensors need the pre-pass.
       gpu::UpdateBatch &s = *sub_;
       s.qmap = b.qmap;
+      s.grad_unscale = b.grad_unscale;
+      s.skip = b.skip;
       s.count = 0;
       s.chunk_start[0] = 0;
       for (int i = 0; i < b.count; ++i) {

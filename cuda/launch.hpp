@@ -38,15 +38,18 @@ struct TensorMeta {
   float *scale2;
   const float *gnorm_scale;  // nullptr: 1
   float *unorm;              // {sum u^2, sum P^2} when hp.max_unorm > 0
+  int64_t *step;             // steps taken; the update kernel adds 1 (nullptr: none)
   int64_t n;
   math::Hyper hp;
   int32_t vec;  // 1: every pointer allows 8-element vector access
 };
 
-constexpr int kMaxTensors = 288;
+constexpr int kMaxTensors = 256;
 
 struct UpdateBatch {
   const float *qmap;  // 256 device floats (8-bit kinds)
+  const float *grad_unscale;  // every gradient times *grad_unscale (nullptr: 1)
+  const int32_t *skip;        // while *skip != 0 (non-finite gradients) no kernel changes anything
   int64_t total_chunks;
   int32_t count;
   int32_t reserved;
@@ -59,17 +62,21 @@ static_assert(sizeof(UpdateBatch) + 16 <= kParamLimit, "update table exceeds the
 struct ClipMeta {
   const void *grad;
   float *gnorm_vec;  // 100 floats
-  int64_t *step;
+  int64_t *step;       // steps taken before this one
   float *gnorm_scale;  // accumulates q, then holds the scale
   int64_t n;
   int32_t percentile;
   int32_t vec;
+  int32_t advance;     // 1: also store *step + 1
+  int32_t reserved;
 };
 
-constexpr int kMaxClipJobs = 512;
+constexpr int kMaxClipJobs = 448;
 constexpr int kClipThreads = 128;  // clip_finalize_kernel: one block per job
 
 struct ClipBatch {
+  const float *grad_unscale;
+  const int32_t *skip;
   int64_t total_chunks;
   int32_t count;
   int32_t reserved;
@@ -91,6 +98,9 @@ template <typename T>
 const void *clip_norm_kernel();
 const void *clip_prep_kernel();
 const void *clip_finalize_kernel();
+// (ClipBatch, int32_t *found): sets *found = 1 when a gradient holds inf/NaN.
+template <typename T>
+const void *finite_kernel();
 // (qmap, in, codes, absmax, n, blocksize) and (qmap, codes, absmax, out, n, blocksize)
 const void *quantize_blockwise_kernel();
 const void *dequantize_blockwise_kernel();

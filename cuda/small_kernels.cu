@@ -21,6 +21,7 @@ struct NanMax {
 // Zeroes the accumulators the pre-pass adds into: {sum u^2, sum P^2} of every
 // max_unorm tensor and, for Tensor8 (zero_new_max), new_max1 of s and b.
 __global__ void update_prep_kernel_impl(const __grid_constant__ UpdateBatch args, int zero_new_max) {
+  if (args.skip && *args.skip) return;
   for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) {
     const TensorMeta &m = args.t[i];
     if (zero_new_max) {
@@ -36,6 +37,7 @@ __global__ void update_prep_kernel_impl(const __grid_constant__ UpdateBatch args
 
 // Tensor8: new_max1 becomes max1 for the next step.
 __global__ void tensor8_finalize_kernel_impl(const __grid_constant__ UpdateBatch args, int /*unused*/) {
+  if (args.skip && *args.skip) return;
   for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) {
     const TensorMeta &m = args.t[i];
     m.scale1[0] = m.scale1[1];
@@ -47,6 +49,7 @@ __global__ void tensor8_finalize_kernel_impl(const __grid_constant__ UpdateBatch
 
 // gnorm_scale of each job is the accumulator of q = sum(float(G)^2).
 __global__ void clip_prep_kernel_impl(const __grid_constant__ ClipBatch args) {
+  if (args.skip && *args.skip) return;
   for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) *args.j[i].gnorm_scale = 0.0f;
 }
 
@@ -56,6 +59,8 @@ template <typename T>
 __global__ void __launch_bounds__(kThreads) clip_norm_kernel_impl(const __grid_constant__ ClipBatch args) {
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
+  if (args.skip && *args.skip) return;
+  const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
   double acc = 0.0;
   int cur = -1, ti = 0;
   for (int64_t c = blockIdx.x; c < args.total_chunks; c += gridDim.x) {
@@ -76,7 +81,7 @@ __global__ void __launch_bounds__(kThreads) clip_norm_kernel_impl(const __grid_c
     load8(static_cast<const T *>(m.grad), i0, m.n, m.vec != 0, g);
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      const float x = math::to_float(g[j]);  // 0 past n
+      const float x = math::grad_in(math::to_float(g[j]), unscale);  // 0 past n
       acc += double(x * x);
     }
   }
@@ -91,6 +96,7 @@ __global__ void __launch_bounds__(kThreads) clip_norm_kernel_impl(const __grid_c
 static_assert(kClipThreads >= math::kGnormHistory, "one thread per history entry");
 
 __global__ void __launch_bounds__(kClipThreads) clip_finalize_kernel_impl(const __grid_constant__ ClipBatch args) {
+  if (args.skip && *args.skip) return;
   const ClipMeta &m = args.j[blockIdx.x];
   __shared__ float hist[math::kGnormHistory], sorted[math::kGnormHistory];
   __shared__ int64_t step;
@@ -98,7 +104,7 @@ __global__ void __launch_bounds__(kClipThreads) clip_finalize_kernel_impl(const 
   if (t < math::kGnormHistory) hist[t] = m.gnorm_vec[t];
   if (t == 0) {
     step = *m.step + 1;
-    *m.step = step;
+    if (m.advance) *m.step = step;
   }
   __syncthreads();
   if (t == 0) math::record_gnorm(hist, step, *m.gnorm_scale);
@@ -120,6 +126,30 @@ __global__ void __launch_bounds__(kClipThreads) clip_finalize_kernel_impl(const 
   if (t < math::kGnormHistory) sorted[rank] = v;
   __syncthreads();
   if (t == 0) *m.gnorm_scale = math::clip_scale(hist, sorted, step, m.percentile);
+}
+
+// ---- non-finite gradients ----------------------------------------------------
+
+// *found = 1 when any element of the listed gradients (times the unscale
+// factor) is inf or NaN. Every writer stores the same value, so plain stores
+// suffice.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) finite_kernel_impl(const __grid_constant__ ClipBatch args,
+                                                               int32_t *found) {
+  const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
+  bool bad = false;
+  int ti = 0;
+  for (int64_t c = blockIdx.x; c < args.total_chunks; c += gridDim.x) {
+    while (c >= args.chunk_start[ti + 1]) ++ti;
+    const ClipMeta &m = args.j[ti];
+    const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
+    if (i0 >= m.n) continue;
+    T g[kVec];
+    load8(static_cast<const T *>(m.grad), i0, m.n, m.vec != 0, g);
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) bad |= !isfinite(math::grad_in(math::to_float(g[j]), unscale));
+  }
+  if (bad) *found = 1;
 }
 
 // ---- quantize / dequantize ----------------------------------------------------
@@ -186,6 +216,13 @@ template const void *clip_norm_kernel<math::bf16_t>();
 const void *clip_finalize_kernel() {
   return reinterpret_cast<const void *>(&clip_finalize_kernel_impl);
 }
+template <typename T>
+const void *finite_kernel() {
+  return reinterpret_cast<const void *>(&finite_kernel_impl<T>);
+}
+template const void *finite_kernel<float>();
+template const void *finite_kernel<math::half_t>();
+template const void *finite_kernel<math::bf16_t>();
 const void *quantize_blockwise_kernel() {
   return reinterpret_cast<const void *>(&quantize_blockwise_kernel_impl);
 }

@@ -33,13 +33,18 @@ template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
   __shared__ float qmap[256];
   __shared__ uint8_t zero;
+  if (args.skip && *args.skip) return;
   if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+  const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   const int lane = int(threadIdx.x) % 32;
   int ti = 0;
   for (int64_t c = blockIdx.x; c < args.total_chunks; c += gridDim.x) {
     ti = owner(args.chunk_start, c, ti);
     const TensorMeta &m = args.t[ti];
+    // The block of the tensor's first chunk counts the step (no other thread
+    // reads the counter during this kernel).
+    if (c == args.chunk_start[ti] && threadIdx.x == 0 && m.step) ++*m.step;
     const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
     // Block-wise: the warp computes its block's absmax together, so it goes on
     // as a whole while its first element exists.
@@ -64,7 +69,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
       const float pf = math::to_float(p[j]);
       float u;
       // An element skip_zeros leaves untouched keeps its stored bits.
-      if (math::rms_element(h, pf, math::to_float(g[j]), gscale, s[j], b[j], u))
+      if (math::rms_element(h, pf, math::grad_in(math::to_float(g[j]), unscale), gscale, s[j], b[j], u))
         p[j] = math::from_float<T>(math::apply_update(pf, h.lr, uscale, u));
     }
 
@@ -120,7 +125,9 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_cons
   __shared__ float qmap[256];
   __shared__ uint8_t zero;
   __shared__ typename PartialReduce::TempStorage tmp;
+  if (args.skip && *args.skip) return;
   if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+  const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   Partial acc{0.0, 0.0, 0.0f, 0.0f};
   int cur = -1, ti = 0;
@@ -153,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_cons
       if (i0 + j >= m.n) break;
       const float pf = math::to_float(p[j]);
       float u;
-      math::rms_element(h, pf, math::to_float(g[j]), gscale, s[j], b[j], u);  // u = 0 when skipped
+      math::rms_element(h, pf, math::grad_in(math::to_float(g[j]), unscale), gscale, s[j], b[j], u);  // u = 0 when skipped
       u_sumsq += u * u;
       p_sumsq += pf * pf;
       acc.max1 = math::nan_max(acc.max1, fabsf(s[j]));

@@ -32,6 +32,7 @@ struct TensorUpdate {
   float *scale2 = nullptr;         // the same for the momentum buffer
   const float *gnorm_scale = nullptr;  // nullptr means 1
   float *unorm = nullptr;          // 2 floats of scratch when hp.max_unorm > 0
+  int64_t *step = nullptr;         // steps taken; the writing pass adds 1 (nullptr: no counter)
   math::Hyper hp{};
 };
 
@@ -40,9 +41,22 @@ struct ClipJob {
   const void *grad = nullptr;
   int64_t n = 0;
   float *gnorm_vec = nullptr;      // 100 floats
-  int64_t *step = nullptr;         // steps taken so far; incremented
+  int64_t *step = nullptr;         // steps taken before this one; this step is *step + 1
+  bool advance = false;            // also store *step + 1 (when no update pass counts the step)
   int32_t percentile = 100;
   float *gnorm_scale = nullptr;    // output
+};
+
+// One gradient of a non-finite check.
+struct GradRef {
+  const void *grad = nullptr;
+  int64_t n = 0;
+};
+
+// What every pass of one optimizer step reads besides its tensors.
+struct StepControl {
+  const float *grad_unscale = nullptr;  // device float multiplying every gradient first; nullptr: 1
+  const int32_t *skip = nullptr;        // device flag: while *skip != 0 a pass changes nothing
 };
 
 class Backend {
@@ -59,12 +73,19 @@ class Backend {
   // Throws DeviceError when p is not memory of this backend's device.
   virtual void check_pointer(const void *p, const char *what) = 0;
 
+  // Stream-ordered zeroing of device memory.
+  virtual void zero(void *p, size_t bytes, void *stream) = 0;
+
   // Every tensor in `tensors` has state kind `kind` and params/grads of
   // `dtype`. qmap: 256 device floats (8-bit kinds only).
   virtual void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count,
-                      const float *qmap, void *stream) = 0;
+                      const float *qmap, const StepControl &ctl, void *stream) = 0;
   // Percentile clipping for `count` gradients of `dtype`.
-  virtual void clip(Dtype dtype, const ClipJob *jobs, size_t count, void *stream) = 0;
+  virtual void clip(Dtype dtype, const ClipJob *jobs, size_t count, const StepControl &ctl, void *stream) = 0;
+  // Sets *found = 1 (device int32) when any element of the gradients, times
+  // *grad_unscale when given, is inf or NaN; leaves it as it is otherwise.
+  virtual void check_finite(Dtype dtype, const GradRef *grads, size_t count, const float *grad_unscale,
+                            int32_t *found, void *stream) = 0;
 
   virtual void quantize_blockwise(const float *qmap, const float *in, uint8_t *codes, float *absmax,
                                   int64_t n, int64_t blocksize, void *stream) = 0;

@@ -192,7 +192,8 @@ struct StateIO {
 // accumulates `acc` (norms for max_unorm, maxima for per-tensor 8-bit); with
 // write == true it stores params and state.
 template <typename T>
-void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool write, float gscale, float uscale,
+void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool write, float unscale, float gscale,
+                float uscale,
                 Partial &acc) {
   const math::Hyper &h = t.hp;
   const bool mom = h.momentum > 0.0f;
@@ -207,7 +208,8 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
     for (int64_t k = 0; k < len; ++k) {
       const float p = load<T>(t.param, i0 + k);
       float bk = mom ? b[k] : 0.0f, u;
-      const bool touched = math::rms_element(h, p, load<T>(t.grad, i0 + k), gscale, s[k], bk, u);
+      const float g = math::grad_in(load<T>(t.grad, i0 + k), unscale);
+      const bool touched = math::rms_element(h, p, g, gscale, s[k], bk, u);
       if (mom) b[k] = bk;
       block_u += u * u;
       block_p += p * p;
@@ -237,7 +239,10 @@ int64_t chunks_of(int64_t n) { return (num_blocks(n) + kChunkBlocks - 1) / kChun
 // that need whole-tensor figures before writing (max_unorm norms, per-tensor
 // 8-bit maxima), then the writing pass of every tensor.
 template <typename T>
-void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, const float *qmap) {
+void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, const float *qmap,
+                  const StepControl &ctl) {
+  if (ctl.skip && *ctl.skip) return;
+  const float unscale = ctl.grad_unscale ? *ctl.grad_unscale : 1.0f;
   const StateIO io{kind, qmap, qmap ? math::zero_code(qmap) : uint8_t(0)};
   const bool tensor8 = kind == StateKind::Tensor8;
   auto gscale = [&](size_t i) { return tensors[i].gnorm_scale ? *tensors[i].gnorm_scale : 1.0f; };
@@ -256,7 +261,8 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
     std::vector<Partial> parts(pre.size());
     parallel_chunks(static_cast<int64_t>(pre.size()), [&](int64_t k) {
       const ChunkRef r = pre[static_cast<size_t>(k)];
-      walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, gscale(r.tensor), 1.0f, parts[static_cast<size_t>(k)]);
+      walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, unscale, gscale(r.tensor), 1.0f,
+                    parts[static_cast<size_t>(k)]);
     });
     // Combine each tensor's partials in chunk order (thread-count independent).
     for (size_t k = 0; k < pre.size();) {
@@ -284,8 +290,10 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
   parallel_chunks(static_cast<int64_t>(all.size()), [&](int64_t k) {
     const ChunkRef r = all[static_cast<size_t>(k)];
     Partial unused;
-    walk_chunk<T>(tensors[r.tensor], io, r.chunk, true, gscale(r.tensor), uscale[r.tensor], unused);
+    walk_chunk<T>(tensors[r.tensor], io, r.chunk, true, unscale, gscale(r.tensor), uscale[r.tensor], unused);
   });
+  for (size_t i = 0; i < count; ++i)
+    if (tensors[i].step) ++*tensors[i].step;
 
   if (tensor8) {  // new_max1 becomes max1 for the next step
     for (size_t i = 0; i < count; ++i) {
@@ -296,14 +304,14 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
 }
 
 template <typename T>
-float grad_sumsq(const void *grad, int64_t n) {
+float grad_sumsq(const void *grad, int64_t n, float unscale) {
   const int64_t chunk = kChunkBlocks * kBlockSize;
   const int64_t chunks = (n + chunk - 1) / chunk;
   std::vector<double> parts(static_cast<size_t>(chunks), 0.0);
   parallel_chunks(chunks, [&](int64_t c) {
     double acc = 0;
     for (int64_t i = c * chunk, e = std::min(n, (c + 1) * chunk); i < e; ++i) {
-      const float g = load<T>(grad, i);
+      const float g = math::grad_in(load<T>(grad, i), unscale);
       acc += static_cast<double>(g * g);
     }
     parts[c] = acc;
@@ -341,26 +349,42 @@ class CpuBackend final : public Backend {
                         ", but the optimizer runs on the CPU");
   }
 
+  void zero(void *p, size_t bytes, void *) override { std::memset(p, 0, bytes); }
+
   void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count, const float *qmap,
-              void *) override {
-    dispatch_dtype(dtype, [&](auto tag) {
-      using T = decltype(tag);
-      update_group<T>(kind, tensors, count, qmap);
-    });
+              const StepControl &ctl, void *) override {
+    dispatch_dtype(dtype, [&](auto tag) { update_group<decltype(tag)>(kind, tensors, count, qmap, ctl); });
   }
 
-  void clip(Dtype dtype, const ClipJob *jobs, size_t count, void *) override {
+  void clip(Dtype dtype, const ClipJob *jobs, size_t count, const StepControl &ctl, void *) override {
+    if (ctl.skip && *ctl.skip) return;
+    const float unscale = ctl.grad_unscale ? *ctl.grad_unscale : 1.0f;
     dispatch_dtype(dtype, [&](auto tag) {
       using T = decltype(tag);
       for (size_t i = 0; i < count; ++i) {
         const ClipJob &j = jobs[i];
-        const int64_t step = ++*j.step;
-        math::record_gnorm(j.gnorm_vec, step, grad_sumsq<T>(j.grad, j.n));
+        const int64_t step = *j.step + 1;
+        if (j.advance) *j.step = step;
+        math::record_gnorm(j.gnorm_vec, step, grad_sumsq<T>(j.grad, j.n, unscale));
         float sorted[math::kGnormHistory];
         std::copy(j.gnorm_vec, j.gnorm_vec + math::kGnormHistory, sorted);
         std::sort(sorted, sorted + math::kGnormHistory);
         *j.gnorm_scale = math::clip_scale(j.gnorm_vec, sorted, step, j.percentile);
       }
+    });
+  }
+
+  void check_finite(Dtype dtype, const GradRef *grads, size_t count, const float *grad_unscale, int32_t *found,
+                    void *) override {
+    const float unscale = grad_unscale ? *grad_unscale : 1.0f;
+    dispatch_dtype(dtype, [&](auto tag) {
+      using T = decltype(tag);
+      for (size_t i = 0; i < count && !*found; ++i)
+        for (int64_t k = 0; k < grads[i].n; ++k)
+          if (!std::isfinite(math::grad_in(load<T>(grads[i].grad, k), unscale))) {
+            *found = 1;
+            break;
+          }
     });
   }
 

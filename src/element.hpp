@@ -111,6 +111,10 @@ struct Hyper {
   int32_t skip_zeros;
 };
 
+// The gradient as the update sees it: times the caller's unscale factor
+// (loss scaling; 1 when none is set, which leaves every value as it is).
+QRMS_HD float grad_in(float graw, float unscale) { return graw * unscale; }
+
 // One element of SPEC 3. `s` and `b` hold the old square average and
 // momentum on entry and the new ones on return; `u` gets the unscaled
 // update. Returns false when skip_zeros leaves the element untouched (then

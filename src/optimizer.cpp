@@ -37,14 +37,13 @@ size_t Layout::scale_bytes(int64_t n) const {
 }
 
 StateBuffers::StateBuffers(core::Backend *backend, const Layout &l, int64_t n)
-    : state1(backend, l.state_bytes(n)), scale1(backend, l.scale_bytes(n)) {
+    : state1(backend, l.state_bytes(n)), scale1(backend, l.scale_bytes(n)), step(backend, sizeof(int64_t)) {
   if (l.momentum) {
     state2 = DeviceBuffer(backend, l.state_bytes(n));
     scale2 = DeviceBuffer(backend, l.scale_bytes(n));
   }
   if (l.clip) {
     gnorm_vec = DeviceBuffer(backend, math::kGnormHistory * sizeof(float));
-    dev_step = DeviceBuffer(backend, sizeof(int64_t));
     gnorm_scale = DeviceBuffer(backend, sizeof(float));
   }
   if (l.unorm) unorm = DeviceBuffer(backend, 2 * sizeof(float));
@@ -52,7 +51,7 @@ StateBuffers::StateBuffers(core::Backend *backend, const Layout &l, int64_t n)
 
 int64_t StateBuffers::bytes() const {
   size_t b = 0;
-  for (const DeviceBuffer *d : {&state1, &scale1, &state2, &scale2, &gnorm_vec, &dev_step, &gnorm_scale, &unorm})
+  for (const DeviceBuffer *d : {&state1, &scale1, &state2, &scale2, &step, &gnorm_vec, &gnorm_scale, &unorm})
     b += d->bytes();
   return static_cast<int64_t>(b);
 }
@@ -108,6 +107,7 @@ Optimizer1State::Optimizer1State(const Config &cfg, Device device, int device_in
   impl_->host_qmap = dynamic_map(true);
   impl_->qmap = DeviceBuffer(impl_->backend.get(), 256 * sizeof(float));
   impl_->backend->from_host(impl_->qmap.get(), impl_->host_qmap.data(), 256 * sizeof(float));
+  impl_->found_inf = DeviceBuffer(impl_->backend.get(), sizeof(int32_t));
 }
 
 Optimizer1State::~Optimizer1State() = default;
@@ -149,7 +149,7 @@ void Optimizer1State::set_param_config(int64_t index, const Config &cfg) {
   validate(cfg);
   const Layout layout = Layout::of(cfg, e.n);
   if (layout != e.layout) {
-    if (e.step > 0)
+    if (e.stepped)
       throw ValueError("parameter " + std::to_string(index) +
                        " has taken steps; its state layout (precision, momentum buffer, clipping, max_unorm) "
                        "can only change before its first step");
@@ -174,8 +174,24 @@ void Optimizer1State::set_lr(float lr) {
 
 void Optimizer1State::step(void *stream) {
   Impl &m = *impl_;
+  const Dtype dtypes[] = {Dtype::Float32, Dtype::Float16, Dtype::BFloat16};
+  core::StepControl ctl;
+  ctl.grad_unscale = m.grad_unscale;
+  // skip_nonfinite: one pass over every gradient first; the passes below
+  // read the flag on the device and change nothing when it is set.
+  if (m.cfg.skip_nonfinite) {
+    int32_t *found = m.found_inf.get<int32_t>();
+    m.backend->zero(found, sizeof(int32_t), stream);
+    for (Dtype dtype : dtypes) {
+      m.grads.clear();
+      for (const ParamEntry &e : m.params)
+        if (e.grad && e.dtype == dtype) m.grads.push_back({e.grad, e.n});
+      if (!m.grads.empty()) m.backend->check_finite(dtype, m.grads.data(), m.grads.size(), m.grad_unscale, found, stream);
+    }
+    ctl.skip = found;
+  }
   // Percentile clipping first: it writes the gnorm_scale the updates read.
-  for (Dtype dtype : {Dtype::Float32, Dtype::Float16, Dtype::BFloat16}) {
+  for (Dtype dtype : dtypes) {
     m.clips.clear();
     for (ParamEntry &e : m.params) {
       if (!e.grad || e.dtype != dtype || !e.layout.clip) continue;
@@ -183,15 +199,15 @@ void Optimizer1State::step(void *stream) {
       j.grad = e.grad;
       j.n = e.n;
       j.gnorm_vec = e.state.gnorm_vec.get<float>();
-      j.step = e.state.dev_step.get<int64_t>();
+      j.step = e.state.step.get<int64_t>();  // the update pass advances it
       j.percentile = e.cfg.args.percentile_clipping;
       j.gnorm_scale = e.state.gnorm_scale.get<float>();
       m.clips.push_back(j);
     }
-    if (!m.clips.empty()) m.backend->clip(dtype, m.clips.data(), m.clips.size(), stream);
+    if (!m.clips.empty()) m.backend->clip(dtype, m.clips.data(), m.clips.size(), ctl, stream);
   }
   for (StateKind kind : {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8}) {
-    for (Dtype dtype : {Dtype::Float32, Dtype::Float16, Dtype::BFloat16}) {
+    for (Dtype dtype : dtypes) {
       m.updates.clear();
       for (ParamEntry &e : m.params) {
         if (!e.grad || e.dtype != dtype || e.layout.kind != kind) continue;
@@ -205,19 +221,37 @@ void Optimizer1State::step(void *stream) {
         t.scale2 = e.state.scale2.get<float>();
         t.gnorm_scale = e.state.gnorm_scale.get<float>();
         t.unorm = e.state.unorm.get<float>();
+        t.step = e.state.step.get<int64_t>();
         t.hp = hyper_of(e.cfg);
         m.updates.push_back(t);
       }
       if (!m.updates.empty())
-        m.backend->update(kind, dtype, m.updates.data(), m.updates.size(), m.qmap.get<float>(), stream);
+        m.backend->update(kind, dtype, m.updates.data(), m.updates.size(), m.qmap.get<float>(), ctl, stream);
     }
   }
   for (ParamEntry &e : m.params)
-    if (e.grad) ++e.step;
+    if (e.grad) e.stepped = true;
+}
+
+void Optimizer1State::set_grad_unscale(const float *unscale) {
+  if (unscale) impl_->backend->check_pointer(unscale, "grad unscale factor");
+  impl_->grad_unscale = unscale;
+}
+
+const int32_t *Optimizer1State::found_inf() const { return impl_->found_inf.get<int32_t>(); }
+
+bool Optimizer1State::read_found_inf() const {
+  int32_t v = 0;
+  impl_->backend->to_host(&v, impl_->found_inf.get(), sizeof(v));
+  return v != 0;
 }
 
 int64_t Optimizer1State::param_count() const { return static_cast<int64_t>(impl_->params.size()); }
-int64_t Optimizer1State::get_step(int64_t index) const { return impl_->at(index).step; }
+int64_t Optimizer1State::get_step(int64_t index) const {
+  int64_t v = 0;
+  impl_->backend->to_host(&v, impl_->at(index).state.step.get(), sizeof(v));
+  return v;
+}
 bool Optimizer1State::is_8bit(int64_t index) const { return impl_->at(index).layout.kind != StateKind::Float32; }
 int64_t Optimizer1State::numel(int64_t index) const { return impl_->at(index).n; }
 Dtype Optimizer1State::dtype(int64_t index) const { return impl_->at(index).dtype; }

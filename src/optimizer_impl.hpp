@@ -54,7 +54,8 @@ struct Layout {
 // The buffers of one parameter's state.
 struct StateBuffers {
   DeviceBuffer state1, scale1, state2, scale2;  // s and b with their scales
-  DeviceBuffer gnorm_vec, dev_step, gnorm_scale;  // percentile clipping
+  DeviceBuffer step;                              // int64 steps taken, counted on the device
+  DeviceBuffer gnorm_vec, gnorm_scale;            // percentile clipping
   DeviceBuffer unorm;                             // max_unorm scratch
 
   StateBuffers() = default;
@@ -69,7 +70,7 @@ struct ParamEntry {
   int64_t n = 0;
   Config cfg;
   bool own_config = false;  // set by set_param_config
-  int64_t step = 0;
+  bool stepped = false;     // a step has been enqueued (its state layout is fixed from then on)
   Layout layout;
   StateBuffers state;
 };
@@ -80,9 +81,12 @@ struct Optimizer1State::Impl {
   DeviceBuffer qmap;                 // signed dynamic map on the device
   std::vector<float> host_qmap;
   std::vector<ParamEntry> params;
+  DeviceBuffer found_inf;                  // int32: the last step saw inf/NaN (skip_nonfinite)
+  const float *grad_unscale = nullptr;     // device float multiplying every gradient, or nullptr
   // Reused by step() so that stepping allocates nothing after the first call.
   std::vector<core::TensorUpdate> updates;
   std::vector<core::ClipJob> clips;
+  std::vector<core::GradRef> grads;
 
   ParamEntry &at(int64_t index);
   const ParamEntry &at(int64_t index) const;

@@ -70,7 +70,7 @@ class Reader {
 
 // The buffers of a record, in blob order.
 std::vector<const DeviceBuffer *> buffers_of(const StateBuffers &s) {
-  return {&s.state1, &s.scale1, &s.state2, &s.scale2, &s.gnorm_vec, &s.dev_step};
+  return {&s.state1, &s.scale1, &s.state2, &s.scale2, &s.gnorm_vec};
 }
 
 void put_config(Writer &w, const Config &c) {
@@ -128,7 +128,9 @@ size_t save_state(const Optimizer1State::Impl &impl, void *buffer, size_t capaci
       w.put<int32_t>(static_cast<int32_t>(e.dtype));
       w.put<int32_t>(static_cast<int32_t>(e.layout.kind));
       w.put<int32_t>(e.own_config ? 1 : 0);
-      w.put<int64_t>(e.step);
+      int64_t step = 0;
+      if (out) impl.backend->to_host(&step, e.state.step.get(), sizeof(step));
+      w.put<int64_t>(step);
       put_config(w, e.cfg);
       for (const DeviceBuffer *b : buffers_of(e.state)) {
         w.put<uint64_t>(b->bytes());
@@ -199,11 +201,6 @@ void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
       if (r.get<uint64_t>("buffer size") != b->bytes()) throw BadStateError(which + ": a state buffer has the wrong size");
       rec.data.push_back(r.take(b->bytes(), "state buffer"));
     }
-    if (e.layout.clip) {  // the clipping step counter indexes the history: keep it in range
-      int64_t clip_step;
-      std::memcpy(&clip_step, rec.data.back(), sizeof(clip_step));
-      if (clip_step < 0 || clip_step > rec.step) throw BadStateError(which + ": clipping step counter out of range");
-    }
   }
   if (r.remaining() != 0) throw BadStateError("state blob has trailing bytes");
 
@@ -214,9 +211,10 @@ void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
     const std::vector<const DeviceBuffer *> bufs = buffers_of(e.state);
     for (size_t k = 0; k < bufs.size(); ++k)
       if (bufs[k]->bytes()) impl.backend->from_host(bufs[k]->get(), rec.data[k], bufs[k]->bytes());
+    impl.backend->from_host(e.state.step.get(), &rec.step, sizeof(rec.step));
     e.cfg = rec.cfg;
     e.own_config = rec.own_config;
-    e.step = rec.step;
+    e.stepped = e.stepped || rec.step > 0;
   }
 }
 

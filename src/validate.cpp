@@ -77,6 +77,7 @@ Config config_from_c(const qrms_config *cfg) {
   out.args.block_wise = c.block_wise != 0;
   out.args.max_unorm = c.max_unorm;
   out.args.skip_zeros = c.skip_zeros != 0;
+  out.skip_nonfinite = c.skip_nonfinite != 0;
   return out;
 }
 
@@ -96,6 +97,7 @@ qrms_config config_to_c(const Config &cfg) {
   c.block_wise = cfg.args.block_wise ? 1 : 0;
   c.max_unorm = cfg.args.max_unorm;
   c.skip_zeros = cfg.args.skip_zeros ? 1 : 0;
+  c.skip_nonfinite = cfg.skip_nonfinite ? 1 : 0;
   return c;
 }
 

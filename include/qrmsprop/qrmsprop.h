@@ -98,11 +98,17 @@ typedef struct qrms_config {
   int32_t percentile_clipping, block_wise;
   float max_unorm;
   int32_t skip_zeros;
+  /* ---- appended in 0.1 after the first published struct (which ends at
+   * skip_zeros); a smaller struct_size leaves it at its default, 0. ---- */
+  int32_t skip_nonfinite; /* 1: a step whose gradients (after the unscale factor) hold any
+                             inf or NaN changes nothing, for every parameter, and sets the
+                             found-inf flag. Optimizer-wide: ignored in per-parameter configs. */
 } qrms_config;
 
 /* Fills *cfg with the defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0,
  * momentum 0, centered 0, optim_bits 32, min_8bit_size 4096,
- * percentile_clipping 100, block_wise 1, max_unorm 0, skip_zeros 0. */
+ * percentile_clipping 100, block_wise 1, max_unorm 0, skip_zeros 0,
+ * skip_nonfinite 0. */
 QRMS_API void qrms_config_init(qrms_config *cfg);
 /* The same for a caller whose struct has `size` bytes (its sizeof(qrms_config)):
  * writes at most `size` bytes and sets struct_size to what it wrote. FFI
@@ -153,7 +159,20 @@ QRMS_API qrms_status_t qrms_optimizer_set_lr(qrms_optimizer_t opt, float lr);
 /* One step for every parameter whose grad is not NULL. On CUDA it only
  * enqueues work on `stream` (no host synchronisation, no allocation). */
 QRMS_API qrms_status_t qrms_optimizer_step(qrms_optimizer_t opt, qrms_stream_t stream);
-/* Steps taken by parameter `index`. */
+/* Loss scaling. Every gradient is multiplied by *unscale (a float on the
+ * optimizer's device, read by each step on the device, so it may change
+ * between steps without a call) before clipping, the non-finite check and
+ * the update. NULL removes the factor. */
+QRMS_API qrms_status_t qrms_optimizer_set_grad_unscale(qrms_optimizer_t opt, const float *unscale);
+/* The optimizer's found-inf flag: an int32 on its device that every step of
+ * an optimizer created with skip_nonfinite sets to 1 when that step was
+ * skipped for an inf/NaN gradient and to 0 when it ran. Readable on the
+ * device without a host synchronisation; valid as long as the optimizer. */
+QRMS_API qrms_status_t qrms_optimizer_found_inf(qrms_optimizer_t opt, const int32_t **flag_out);
+/* The same flag copied to the host (synchronises with the device). */
+QRMS_API qrms_status_t qrms_optimizer_read_found_inf(qrms_optimizer_t opt, int32_t *found_out);
+/* Steps taken by parameter `index` (steps skipped by skip_nonfinite do not
+ * count). The counter lives on the device: this synchronises. */
 QRMS_API qrms_status_t qrms_optimizer_get_step(qrms_optimizer_t opt, int64_t index, int64_t *step_out);
 /* Copies state `which` (QRMS_STATE_*) of parameter `index`, dequantized, to
  * the host buffer `out` of numel floats. Synchronises with the device.

@@ -65,6 +65,9 @@ struct Config {
   bool centered = false;
   int32_t optim_bits = 32;
   Args args{};
+  // Optimizer-wide (read from the optimizer's config, not per parameter):
+  // skip the whole step when any gradient holds inf or NaN.
+  bool skip_nonfinite = false;
 };
 
 // The one validation path: throws NotImplementedError for alpha == 0, then
@@ -100,8 +103,16 @@ class Optimizer1State {
   void set_lr(float lr);
   // One step of every parameter with a grad; stream is a cudaStream_t.
   void step(void *stream = nullptr);
+  // Every gradient is multiplied by *unscale (a device float, read at each
+  // step) before anything else; nullptr: no factor.
+  void set_grad_unscale(const float *unscale);
+  // Device int32 that each step with skip_nonfinite sets to 1 when it was
+  // skipped for an inf/NaN gradient, else 0.
+  const int32_t *found_inf() const;
+  bool read_found_inf() const;  // the same, copied to the host (synchronises)
 
   int64_t param_count() const;
+  // Steps parameter `index` has taken (counted on the device; synchronises).
   int64_t get_step(int64_t index) const;
   // Dequantized state (QRMS_STATE_SQUARE_AVG or QRMS_STATE_MOMENTUM).
   std::vector<float> read_state(int64_t index, int which) const;
