@@ -10,7 +10,8 @@ out=${QRMS_FUZZ_DIR:-$here/build-fuzz}
 mkdir -p "$out"
 
 if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq clang libclang-rt-dev >/dev/null
+  source "$here/scripts/common.sh"
+  apt_ensure clang libclang-rt-14-dev
 fi
 
 srcs=("$here"/src/validate.cpp "$here"/src/qmap.cpp "$here"/src/cpu_backend.cpp "$here"/src/optimizer.cpp

@@ -14,8 +14,10 @@ run() {  # name sanitizers
   cmake -S "$here" -B "$dir" -DQRMS_CUDA=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo -DQRMS_SANITIZE="$2" \
         -DQRMS_BUILD_BENCH=OFF -DQRMS_BUILD_EXAMPLES=ON >/dev/null
   cmake --build "$dir" -j"$jobs"
-  # Threads: the CPU backend uses 2 threads whatever the machine has.
-  QRMS_NUM_THREADS=2 ctest --test-dir "$dir" --output-on-failure -j"$jobs" -LE nosanitize
+  # Threads: the CPU backend uses 2 threads whatever the machine has. The
+  # installed-package consumer is left out: it links the sanitized library
+  # into a program built without the sanitizer runtime.
+  QRMS_NUM_THREADS=2 ctest --test-dir "$dir" --output-on-failure -j"$jobs" -E '^consumer_of_installed_package$'
 }
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1

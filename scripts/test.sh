@@ -54,6 +54,21 @@ stage_bindings() {
 }
 STAGES+=(stage_bindings)
 
+# The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer (with the
+# leak checker) and under ThreadSanitizer.
+stage_sanitizers() {
+  bash "$QRMS_ROOT/scripts/sanitize.sh" all
+}
+STAGES+=(stage_sanitizers)
+
+# libFuzzer on the state blob parser and the C ABI, bounded in time, after
+# replaying every regression input.
+stage_fuzz() {
+  apt_ensure clang libclang-rt-14-dev
+  bash "$QRMS_ROOT/scripts/fuzz.sh" "${QRMS_FUZZ_SECONDS:-60}"
+}
+STAGES+=(stage_fuzz)
+
 
 # ---- runner (keep at the end) -------------------------------------------------
 run_stage() {

@@ -32,7 +32,7 @@ def test_python_example_runs_and_prints_what_the_doc_says():
     r = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].startswith("steps 300, loss 4102.4 -> ") and lines[0].endswith(", state 16640 bytes")
+    assert lines[0].startswith("steps 300, loss 4102.4 -> ") and lines[0].endswith(", state 16648 bytes")
     assert float(lines[0].split("-> ")[1].split(",")[0]) < 1e-6
     assert lines[1] == "error: qrms_optimizer_create: RMSprop with alpha==0.0 is not supported!"
     if os.path.exists(DOC):
