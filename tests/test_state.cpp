@@ -1,0 +1,448 @@
+// save / load of the C++ classes: a round trip continues bit for bit;
+// corrupt, truncated and mismatched blobs are refused with nothing changed.
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "check.hpp"
+#include "qrmsprop/qrmsprop.hpp"
+
+using qref::Dt;
+
+namespace {
+
+struct TensorSpec {
+  Dt dt;
+  int64_t n;
+  std::optional<qrms::Config> own;  // per-parameter config
+};
+
+struct Spec {
+  std::string name;
+  qrms::Config cfg;
+  std::vector<TensorSpec> tensors;
+};
+
+// An optimizer with its own params and grads.
+struct Model {
+  std::unique_ptr<qrms::Optimizer1State> opt;
+  std::vector<qref::Tensor> p, g;
+};
+
+Model build(const Spec &s, uint32_t seed = 1) {
+  Model m;
+  m.opt = std::make_unique<qrms::Optimizer1State>(s.cfg);
+  std::mt19937 rng(seed);
+  m.p.reserve(s.tensors.size());
+  m.g.reserve(s.tensors.size());
+  for (const TensorSpec &t : s.tensors) {
+    m.p.emplace_back(t.dt, t.n);
+    m.g.emplace_back(t.dt, t.n);
+    qtest::fill_normal(m.p.back(), rng, 1.0f);
+  }
+  for (size_t i = 0; i < s.tensors.size(); ++i) {
+    const int64_t idx = m.opt->add_param(m.p[i].data(), m.g[i].data(), static_cast<qrms::Dtype>(s.tensors[i].dt),
+                                         s.tensors[i].n);
+    if (s.tensors[i].own) m.opt->set_param_config(idx, *s.tensors[i].own);
+  }
+  return m;
+}
+
+// Step k's gradients depend only on k, so two models can be fed the same.
+void train(Model &m, int k0, int k1) {
+  for (int k = k0; k < k1; ++k) {
+    for (size_t i = 0; i < m.g.size(); ++i) {
+      std::mt19937 rng(static_cast<uint32_t>(1000 * k + static_cast<int>(i)));
+      qtest::fill_grad(m.g[i], rng, qtest::grad_scale_for(k));
+    }
+    m.opt->step();
+  }
+}
+
+bool same_params(const Model &a, const Model &b) {
+  for (size_t i = 0; i < a.p.size(); ++i)
+    if (!a.p[i].same_bits(b.p[i])) return false;
+  return true;
+}
+
+void copy_params(const Model &from, Model &to) {
+  for (size_t i = 0; i < from.p.size(); ++i)
+    for (int64_t j = 0; j < from.p[i].size(); ++j) to.p[i].set(j, from.p[i].get(j));
+}
+
+std::vector<Spec> specs() {
+  std::vector<Spec> out;
+  {
+    Spec s{"32-bit", qrms::Config{}, {{Dt::F32, 1000, {}}, {Dt::F32, 37, {}}}};
+    out.push_back(s);
+  }
+  {
+    Spec s{"8-bit block-wise, momentum, clipping, max_unorm, mixed dtypes", qrms::Config{}, {}};
+    s.cfg.optim_bits = 8;
+    s.cfg.momentum = 0.9f;
+    s.cfg.weight_decay = 0.01f;
+    s.cfg.args.percentile_clipping = 5;
+    s.cfg.args.max_unorm = 0.5f;
+    s.cfg.args.min_8bit_size = 500;
+    s.tensors = {{Dt::F32, 5000, {}}, {Dt::BF16, 1000, {}}, {Dt::F16, 300, {}}};  // the last stays 32-bit
+    out.push_back(s);
+  }
+  {
+    Spec s{"8-bit per tensor, skip_zeros, momentum", qrms::Config{}, {}};
+    s.cfg.optim_bits = 8;
+    s.cfg.momentum = 0.5f;
+    s.cfg.args.skip_zeros = true;
+    s.cfg.args.block_wise = false;
+    s.cfg.args.min_8bit_size = 0;
+    s.tensors = {{Dt::F32, 3000, {}}, {Dt::F16, 777, {}}};
+    out.push_back(s);
+  }
+  {
+    Spec s{"per-parameter configs", qrms::Config{}, {}};
+    s.cfg.optim_bits = 8;
+    s.cfg.args.min_8bit_size = 0;
+    qrms::Config keep32 = s.cfg;
+    keep32.optim_bits = 32;
+    keep32.lr = 1e-3f;
+    qrms::Config tensor8 = s.cfg;
+    tensor8.args.block_wise = false;
+    tensor8.momentum = 0.9f;
+    tensor8.args.percentile_clipping = 20;
+    s.tensors = {{Dt::F32, 2000, {}}, {Dt::BF16, 900, keep32}, {Dt::F32, 1500, tensor8}};
+    out.push_back(s);
+  }
+  return out;
+}
+
+// A small optimizer (a blob of a few KiB) for the byte-by-byte tests.
+Spec small_spec() {
+  Spec s{"small", qrms::Config{}, {}};
+  s.cfg.optim_bits = 8;
+  s.cfg.momentum = 0.9f;
+  s.cfg.args.min_8bit_size = 100;
+  s.cfg.args.percentile_clipping = 10;
+  s.tensors = {{Dt::F32, 300, {}}, {Dt::F16, 40, {}}};
+  return s;
+}
+
+// The victim must be exactly as before: same blob, and it keeps training
+// exactly like an untouched twin.
+void check_unchanged(Model &victim, Model &twin, const std::vector<uint8_t> &before, int k) {
+  CHECK_SAME(victim.opt->save(), before);
+  CHECK(same_params(victim, twin));
+  train(victim, k, k + 2);
+  train(twin, k, k + 2);
+  CHECK(same_params(victim, twin));
+  CHECK_SAME(victim.opt->save(), twin.opt->save());
+}
+
+}  // namespace
+
+TEST_CASE("save and load round trip continues bit for bit", "[state]") {
+  for (const Spec &s : specs()) {
+    INFO(s.name);
+    Model a = build(s);
+    train(a, 0, 3);
+    const std::vector<uint8_t> blob = a.opt->save();
+    CHECK_SAME(a.opt->save(), blob);  // deterministic
+    CHECK(a.opt->save(nullptr, 0) == blob.size());
+
+    Model b = build(s, 77);  // other initial params: overwritten below
+    copy_params(a, b);
+    b.opt->load(blob.data(), blob.size());
+    CHECK_SAME(b.opt->save(), blob);
+    for (int64_t i = 0; i < a.opt->param_count(); ++i) {
+      CHECK(b.opt->get_step(i) == 3);
+      CHECK_SAME(b.opt->read_state(i, QRMS_STATE_SQUARE_AVG), a.opt->read_state(i, QRMS_STATE_SQUARE_AVG));
+      CHECK(b.opt->is_8bit(i) == a.opt->is_8bit(i));
+      CHECK(b.opt->param_config(i).lr == a.opt->param_config(i).lr);
+    }
+
+    train(a, 3, 6);
+    train(b, 3, 6);
+    CHECK(same_params(a, b));
+    CHECK_SAME(b.opt->save(), a.opt->save());
+    for (int64_t i = 0; i < a.opt->param_count(); ++i) {
+      CHECK(b.opt->get_step(i) == 6);
+      CHECK_SAME(b.opt->read_state(i, QRMS_STATE_SQUARE_AVG), a.opt->read_state(i, QRMS_STATE_SQUARE_AVG));
+      if (a.opt->param_config(i).momentum > 0.0f)
+        CHECK_SAME(b.opt->read_state(i, QRMS_STATE_MOMENTUM), a.opt->read_state(i, QRMS_STATE_MOMENTUM));
+    }
+  }
+}
+
+TEST_CASE("a fresh optimizer's blob loads into a trained one and resets it", "[state]") {
+  const Spec s = specs()[1];
+  Model fresh = build(s);
+  const std::vector<uint8_t> blob = fresh.opt->save();
+  Model trained = build(s);
+  train(trained, 0, 2);
+  trained.opt->load(blob.data(), blob.size());
+  CHECK_SAME(trained.opt->save(), blob);
+  CHECK(trained.opt->get_step(0) == 0);
+  for (float v : trained.opt->read_state(0, QRMS_STATE_SQUARE_AVG)) CHECK(v == 0.0f);
+}
+
+TEST_CASE("save into a too small buffer is refused and writes nothing", "[state]") {
+  Model m = build(small_spec());
+  train(m, 0, 2);
+  const size_t size = m.opt->save(nullptr, 0);
+  REQUIRE(size > 0);
+  std::vector<uint8_t> buf(size + 16, 0xA5);
+  CHECK_THROWS_AS(m.opt->save(buf.data(), size - 1), qrms::ValueError);
+  CHECK_THROWS_AS(m.opt->save(buf.data(), 0), qrms::ValueError);
+  CHECK(std::all_of(buf.begin(), buf.end(), [](uint8_t b) { return b == 0xA5; }));
+  CHECK(m.opt->save(buf.data(), buf.size()) == size);
+  CHECK_SAME(std::vector<uint8_t>(buf.begin(), buf.begin() + static_cast<long>(size)), m.opt->save());
+  CHECK(std::all_of(buf.begin() + static_cast<long>(size), buf.end(), [](uint8_t b) { return b == 0xA5; }));
+}
+
+TEST_CASE("every flipped byte is refused and changes nothing", "[state]") {
+  const Spec s = small_spec();
+  Model src = build(s, 3);
+  train(src, 0, 4);
+  const std::vector<uint8_t> blob = src.opt->save();
+  Model victim = build(s), twin = build(s);
+  train(victim, 0, 2);
+  train(twin, 0, 2);
+  const std::vector<uint8_t> before = victim.opt->save();
+  REQUIRE(before != blob);
+
+  size_t accepted = 0, wrong_type = 0, first_bad = 0;
+  for (uint8_t mask : {uint8_t(0x01), uint8_t(0x80), uint8_t(0xFF)}) {
+    for (size_t i = 0; i < blob.size(); ++i) {
+      std::vector<uint8_t> bad = blob;
+      bad[i] = static_cast<uint8_t>(bad[i] ^ mask);
+      try {
+        victim.opt->load(bad.data(), bad.size());
+        if (accepted++ == 0) first_bad = i;
+      } catch (const qrms::BadStateError &) {
+      } catch (...) {
+        if (wrong_type++ == 0) first_bad = i;
+      }
+    }
+  }
+  INFO("blob of " << blob.size() << " bytes; first offending offset " << first_bad);
+  CHECK(accepted == 0);
+  CHECK(wrong_type == 0);
+  check_unchanged(victim, twin, before, 2);
+  // The intact blob still loads.
+  victim.opt->load(blob.data(), blob.size());
+  CHECK_SAME(victim.opt->save(), blob);
+}
+
+TEST_CASE("truncated and extended blobs are refused and change nothing", "[state]") {
+  const Spec s = small_spec();
+  Model src = build(s, 3);
+  train(src, 0, 3);
+  const std::vector<uint8_t> blob = src.opt->save();
+  Model victim = build(s), twin = build(s);
+  train(victim, 0, 1);
+  train(twin, 0, 1);
+  const std::vector<uint8_t> before = victim.opt->save();
+
+  size_t accepted = 0, wrong_type = 0;
+  for (size_t len = 0; len < blob.size(); ++len) {
+    try {
+      victim.opt->load(blob.data(), len);
+      ++accepted;
+    } catch (const qrms::BadStateError &) {
+    } catch (...) {
+      ++wrong_type;
+    }
+  }
+  CHECK(accepted == 0);
+  CHECK(wrong_type == 0);
+  std::vector<uint8_t> longer = blob;
+  longer.push_back(0);
+  CHECK_THROWS_AS(victim.opt->load(longer.data(), longer.size()), qrms::BadStateError);
+  CHECK_THROWS_AS(victim.opt->load(nullptr, 0), qrms::Error);
+  CHECK_THROWS_AS(victim.opt->load(nullptr, blob.size()), qrms::Error);
+  check_unchanged(victim, twin, before, 1);
+}
+
+TEST_CASE("blobs of other optimizers are refused and change nothing", "[state]") {
+  Spec base{"base", qrms::Config{}, {}};
+  base.cfg.optim_bits = 8;
+  base.cfg.args.min_8bit_size = 200;
+  base.tensors = {{Dt::F32, 1000, {}}, {Dt::BF16, 300, {}}};
+  Model src = build(base);
+  train(src, 0, 2);
+  const std::vector<uint8_t> blob = src.opt->save();
+
+  std::vector<std::pair<const char *, Spec>> others;
+  {
+    Spec s = base;
+    s.tensors.pop_back();
+    others.emplace_back("fewer parameters", s);
+  }
+  {
+    Spec s = base;
+    s.tensors.push_back({Dt::F32, 10, {}});
+    others.emplace_back("more parameters", s);
+  }
+  {
+    Spec s = base;
+    s.tensors[0].n = 1001;
+    others.emplace_back("another size", s);
+  }
+  {
+    Spec s = base;
+    s.tensors[1].dt = Dt::F16;
+    others.emplace_back("another dtype", s);
+  }
+  {
+    Spec s = base;
+    s.cfg.optim_bits = 32;
+    others.emplace_back("32-bit state", s);
+  }
+  {
+    Spec s = base;
+    s.tensors[0].own = base.cfg;
+    s.tensors[0].own->optim_bits = 32;
+    others.emplace_back("one parameter 32-bit by its own config", s);
+  }
+  {
+    Spec s = base;
+    s.cfg.args.block_wise = false;
+    others.emplace_back("per-tensor state", s);
+  }
+  {
+    Spec s = base;
+    s.cfg.momentum = 0.9f;
+    others.emplace_back("a momentum buffer", s);
+  }
+  {
+    Spec s = base;
+    s.cfg.args.percentile_clipping = 50;
+    others.emplace_back("clipping history", s);
+  }
+  for (auto &o : others) {
+    INFO(o.first);
+    Model victim = build(o.second), twin = build(o.second);
+    train(victim, 0, 1);
+    train(twin, 0, 1);
+    const std::vector<uint8_t> before = victim.opt->save();
+    CHECK_THROWS_AS(victim.opt->load(blob.data(), blob.size()), qrms::BadStateError);
+    check_unchanged(victim, twin, before, 1);
+    // And the other way round.
+    const std::vector<uint8_t> theirs = victim.opt->save();
+    const std::vector<uint8_t> src_before = src.opt->save();
+    CHECK_THROWS_AS(src.opt->load(theirs.data(), theirs.size()), qrms::BadStateError);
+    CHECK_SAME(src.opt->save(), src_before);
+  }
+}
+
+namespace {
+
+// FNV-1a 64 as docs/state-format.md gives it.
+uint64_t fnv1a(const uint8_t *p, size_t n) {
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+// Rewrites the checksum so that only the content checks can refuse the blob.
+void reseal(std::vector<uint8_t> &b) {
+  const uint64_t h = fnv1a(b.data(), b.size() - 8);
+  std::memcpy(b.data() + b.size() - 8, &h, 8);
+}
+
+template <class T>
+void poke(std::vector<uint8_t> &b, size_t off, T v) {
+  std::memcpy(b.data() + off, &v, sizeof(T));
+}
+
+template <class T>
+T peek(const std::vector<uint8_t> &b, size_t off) {
+  T v;
+  std::memcpy(&v, b.data() + off, sizeof(T));
+  return v;
+}
+
+// Offsets of docs/state-format.md: a 24-byte header, then record 0.
+constexpr size_t kCount = 16, kRec = 24;
+constexpr size_t kNumel = kRec + 0, kDtype = kRec + 8, kKind = kRec + 12, kStep = kRec + 20, kLr = kRec + 28,
+                 kAlpha = kRec + 32, kMomentum = kRec + 44, kBits = kRec + 48, kPct = kRec + 60,
+                 kBuffers = kRec + 76;
+
+}  // namespace
+
+TEST_CASE("the blob follows docs/state-format.md", "[state]") {
+  Model m = build(small_spec());
+  train(m, 0, 3);
+  const std::vector<uint8_t> blob = m.opt->save();
+  CHECK(std::string(reinterpret_cast<const char *>(blob.data()), 8) == "QRMSSTAT");
+  CHECK(peek<uint32_t>(blob, 8) == 0x01020304u);
+  CHECK(peek<uint32_t>(blob, 12) == 1u);
+  CHECK(peek<uint64_t>(blob, kCount) == 2u);
+  CHECK(peek<int64_t>(blob, kNumel) == 300);
+  CHECK(peek<int32_t>(blob, kDtype) == QRMS_FLOAT32);
+  CHECK(peek<int32_t>(blob, kKind) == 1);  // 8-bit block-wise
+  CHECK(peek<int64_t>(blob, kStep) == 3);
+  CHECK(peek<float>(blob, kMomentum) == 0.9f);
+  CHECK(peek<int32_t>(blob, kPct) == 10);
+  CHECK(peek<uint64_t>(blob, kBuffers) == 300u);  // the codes of s
+  CHECK(peek<uint64_t>(blob, kBuffers + 8 + 300) == 8u);  // two absmax
+  CHECK(peek<uint64_t>(blob, blob.size() - 8) == fnv1a(blob.data(), blob.size() - 8));
+}
+
+TEST_CASE("blobs with a valid checksum but bad content are refused and change nothing", "[state]") {
+  const Spec s = small_spec();
+  Model src = build(s, 3);
+  train(src, 0, 3);
+  const std::vector<uint8_t> blob = src.opt->save();
+  Model victim = build(s), twin = build(s);
+  train(victim, 0, 2);
+  train(twin, 0, 2);
+  const std::vector<uint8_t> before = victim.opt->save();
+
+  struct Forgery {
+    const char *name;
+    std::function<void(std::vector<uint8_t> &)> edit;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<Forgery> forgeries = {
+      {"magic", [](std::vector<uint8_t> &b) { b[0] = 'X'; }},
+      {"other byte order", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 8, 0x04030201u); }},
+      {"format version 2", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 2u); }},
+      {"one parameter more", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kCount, 3u); }},
+      {"one parameter less", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kCount, 1u); }},
+      {"numel", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kNumel, 301); }},
+      {"dtype", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kDtype, QRMS_BFLOAT16); }},
+      {"state kind", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kKind, 0); }},
+      {"negative step", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kStep, -1); }},
+      {"alpha 0", [](std::vector<uint8_t> &b) { poke<float>(b, kAlpha, 0.0f); }},
+      {"lr NaN", [nan](std::vector<uint8_t> &b) { poke<float>(b, kLr, nan); }},
+      {"optim_bits 16", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kBits, 16); }},
+      {"32-bit config for 8-bit state", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kBits, 32); }},
+      {"no momentum buffer in the config", [](std::vector<uint8_t> &b) { poke<float>(b, kMomentum, 0.0f); }},
+      {"no clipping in the config", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kPct, 100); }},
+      {"buffer size", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kBuffers, 299u); }},
+      {"trailing byte", [](std::vector<uint8_t> &b) { b.insert(b.end() - 8, uint8_t(0)); }},
+      {"missing last byte of the last record", [](std::vector<uint8_t> &b) { b.erase(b.end() - 9); }},
+  };
+  for (const Forgery &f : forgeries) {
+    INFO("forged: " << f.name);
+    std::vector<uint8_t> bad = blob;
+    f.edit(bad);
+    reseal(bad);
+    CHECK_THROWS_AS(victim.opt->load(bad.data(), bad.size()), qrms::BadStateError);
+  }
+  check_unchanged(victim, twin, before, 2);
+
+  // A well-formed blob with another valid config is taken, config included.
+  std::vector<uint8_t> good = blob;
+  poke<float>(good, kLr, 0.125f);
+  reseal(good);
+  victim.opt->load(good.data(), good.size());
+  CHECK(victim.opt->param_config(0).lr == 0.125f);
+  CHECK_SAME(victim.opt->save(), good);
+}
