@@ -59,8 +59,19 @@ struct World {
   }
 };
 
-qrms_config fuzz_config(Input &in) {
+// A config inside a larger zeroed buffer: a fuzzed struct_size up to 255
+// bytes is then honest about the memory behind it (a caller whose struct is
+// smaller than its struct_size is outside the contract), and the bytes past
+// the library's struct are sometimes non-zero, as a newer caller's fields.
+struct BigConfig {
   qrms_config c;
+  unsigned char tail[256];
+};
+
+BigConfig fuzz_config(Input &in) {
+  BigConfig big;
+  std::memset(&big, 0, sizeof(big));
+  qrms_config &c = big.c;
   qrms_config_init(&c);
   const uint8_t mask = in.byte();
   if (mask & 1) c.lr = in.real(0.01f);
@@ -81,8 +92,9 @@ qrms_config fuzz_config(Input &in) {
     c.max_unorm = in.real(1.0f);
     c.skip_zeros = in.byte() % 2;
     if (in.byte() % 8 == 0) c.struct_size = in.byte();
+    if (in.byte() % 8 == 0) big.tail[in.byte() % 8] = in.byte();
   }
-  return c;
+  return big;
 }
 
 std::vector<uint8_t> save(qrms_optimizer_t opt) {
@@ -104,9 +116,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   Input in(data, size);
   World w;
   qrms_optimizer_t opt = nullptr;
-  const qrms_config cfg = fuzz_config(in);
+  const BigConfig cfg = fuzz_config(in);
   const bool cfg_null = in.byte() % 8 == 0;
-  qrms_status_t st = qrms_optimizer_create(&opt, in.byte() % 4, cfg_null ? nullptr : &cfg, QRMS_DEVICE_CPU, 0);
+  qrms_status_t st = qrms_optimizer_create(&opt, in.byte() % 4, cfg_null ? nullptr : &cfg.c, QRMS_DEVICE_CPU, 0);
   expect_status(st);
   if (st != QRMS_SUCCESS) {
     check(opt == nullptr);
@@ -145,8 +157,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         expect_status(st);
         break;
       case 2: {
-        const qrms_config c = fuzz_config(in);
-        st = qrms_optimizer_set_param_config(opt, index, &c);
+        const BigConfig c = fuzz_config(in);
+        st = qrms_optimizer_set_param_config(opt, index, &c.c);
         expect_status(st);
         break;
       }
