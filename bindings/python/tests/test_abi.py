@@ -85,7 +85,8 @@ def test_config_init_fills_spec_defaults():
     assert raw[0] == ctypes.sizeof(_lib.qrms_config)
     d = qrmsprop.default_config()
     expected = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, optim_bits=32,
-                    min_8bit_size=4096, percentile_clipping=100, block_wise=True, max_unorm=0.0, skip_zeros=False)
+                    min_8bit_size=4096, percentile_clipping=100, block_wise=True, max_unorm=0.0, skip_zeros=False,
+                    skip_nonfinite=False)
     for k, v in expected.items():
         assert d[k] == pytest.approx(v, rel=1e-6), k
     hp = _lib.init_struct(_lib.qrms_update_params)
@@ -103,6 +104,34 @@ def test_old_struct_size_still_works_and_too_small_is_rejected():
     c.struct_size = ctypes.sizeof(c)
     assert lib.qrms_optimizer_create(ctypes.byref(handle), _lib.RMSPROP, ctypes.byref(c), 0, 0) == 0
     lib.qrms_optimizer_destroy(handle)
+    # The first published struct (ending with skip_zeros) keeps working.
+    c.struct_size = _lib.CONFIG_FIRST_SIZE
+    assert lib.qrms_optimizer_create(ctypes.byref(handle), _lib.RMSPROP, ctypes.byref(c), 0, 0) == 0
+    lib.qrms_optimizer_destroy(handle)
+    # A larger struct (a newer caller): its unknown bytes must be zero.
+    big = (ctypes.c_uint8 * (ctypes.sizeof(c) + 8))()
+    ctypes.memmove(big, ctypes.byref(c), ctypes.sizeof(c))
+    bigc = ctypes.cast(big, ctypes.POINTER(_lib.qrms_config))
+    bigc.contents.struct_size = len(big)
+    assert lib.qrms_optimizer_create(ctypes.byref(handle), _lib.RMSPROP, bigc, 0, 0) == 0
+    lib.qrms_optimizer_destroy(handle)
+    big[-1] = 1
+    assert lib.qrms_optimizer_create(ctypes.byref(handle), _lib.RMSPROP, bigc, 0, 0) == 1
+    assert not handle
+
+
+def test_config_init_sized_writes_at_most_the_given_size():
+    lib = _lib.load_library()
+    raw = (ctypes.c_uint8 * 128)(*([0xAB] * 128))
+    cfg = ctypes.cast(raw, ctypes.POINTER(_lib.qrms_config))
+    assert lib.qrms_config_init_sized(cfg, _lib.CONFIG_FIRST_SIZE) == 0
+    assert cfg.contents.struct_size == _lib.CONFIG_FIRST_SIZE
+    assert cfg.contents.optim_bits == 32 and cfg.contents.skip_zeros == 0
+    assert list(raw[_lib.CONFIG_FIRST_SIZE:]) == [0xAB] * (128 - _lib.CONFIG_FIRST_SIZE)
+    assert lib.qrms_config_init_sized(cfg, ctypes.sizeof(_lib.qrms_config)) == 0
+    assert cfg.contents.struct_size == ctypes.sizeof(_lib.qrms_config) and cfg.contents.skip_nonfinite == 0
+    assert lib.qrms_config_init_sized(cfg, _lib.CONFIG_FIRST_SIZE - 8) == 1
+    assert lib.qrms_config_init_sized(None, ctypes.sizeof(_lib.qrms_config)) == 1
     lib.qrms_optimizer_destroy(None)  # NULL is fine
 
 

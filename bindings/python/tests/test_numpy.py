@@ -1,4 +1,5 @@
 """The numpy front end against a float32 reference of torch.optim.RMSprop."""
+import ctypes
 import threading
 
 import numpy as np
@@ -45,7 +46,7 @@ def test_32bit_matches_reference(rng, variant, cfg):
     if cfg.get("momentum", 0) > 0:
         np.testing.assert_allclose(opt.read_state(0, "momentum"), ref_b, rtol=1e-5, atol=1e-6)
     assert opt.get_step(0) == steps
-    assert opt.state_bytes() == n * 4 * (2 if cfg.get("momentum", 0) > 0 else 1)
+    assert opt.state_bytes() == n * 4 * (2 if cfg.get("momentum", 0) > 0 else 1) + 8  # + the step counter
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
@@ -68,7 +69,7 @@ def test_8bit_close_to_reference(rng, momentum, block_wise):
     assert np.median(rel_state) < 0.05, np.median(rel_state)
     blocks = -(-n // 256)
     scales = blocks * 4 if block_wise else 8
-    assert opt.state_bytes() == (n + scales) * (2 if momentum > 0 else 1)
+    assert opt.state_bytes() == (n + scales) * (2 if momentum > 0 else 1) + 8
 
 
 def test_8bit_small_tensor_keeps_32bit_state(rng):
@@ -77,10 +78,10 @@ def test_8bit_small_tensor_keeps_32bit_state(rng):
     big = np.zeros(4096, np.float32)
     opt.add_param(small, np.zeros_like(small))
     opt.add_param(big, np.zeros_like(big))
-    assert opt.state_bytes() == 100 * 4 + 4096 + 16 * 4
+    assert opt.state_bytes() == 100 * 4 + 4096 + 16 * 4 + 2 * 8
     opt2 = qrmsprop.Optimizer("rmsprop8bit", min_8bit_size=0)
     opt2.add_param(small, np.zeros_like(small))
-    assert opt2.state_bytes() == 100 + 4
+    assert opt2.state_bytes() == 100 + 4 + 8
 
 
 def test_float16_params_round_each_step(rng):
@@ -234,9 +235,9 @@ def test_override_keeps_one_tensor_32bit_in_8bit_optimizer():
     opt = qrmsprop.Optimizer("rmsprop8bit")
     a = np.zeros(8192, np.float32)
     opt.add_param(a, np.zeros_like(a))
-    assert opt.state_bytes() == 8192 + 32 * 4
+    assert opt.state_bytes() == 8192 + 32 * 4 + 8
     opt.set_param_config(0, optim_bits=32)
-    assert opt.state_bytes() == 8192 * 4
+    assert opt.state_bytes() == 8192 * 4 + 8
 
 
 def test_cpu_threads_do_not_change_results(rng):
@@ -327,3 +328,98 @@ def test_quantize_blockwise_round_trip(rng):
     y = qrmsprop.dequantize_blockwise(codes, absmax)
     scale = np.repeat(absmax, 256)[:1000]
     assert np.all(np.abs(y - x) <= 0.05 * scale)
+
+
+@pytest.mark.parametrize("variant", ["rmsprop32bit", "rmsprop8bit"])
+def test_skip_nonfinite_skips_a_step_with_an_inf_grad(rng, variant):
+    n = 8192
+    a = rng.standard_normal(n).astype(np.float32)
+    b = rng.standard_normal(100).astype(np.float32)
+    ga = np.zeros_like(a)
+    gb = np.zeros_like(b)
+    opt = qrmsprop.Optimizer(variant, skip_nonfinite=True, momentum=0.9)
+    assert opt.config["skip_nonfinite"] is True
+    opt.add_param(a, ga)
+    opt.add_param(b, gb)
+    assert not opt.found_inf()
+    ga[...] = rng.standard_normal(n)
+    gb[...] = rng.standard_normal(100)
+    opt.step()
+    assert not opt.found_inf()
+    assert opt.get_step(0) == opt.get_step(1) == 1
+    before = (a.copy(), b.copy(), opt.save(), opt.read_state(0), opt.read_state(1, "momentum"))
+    flag = ctypes.c_int32.from_address(opt.found_inf_ptr())  # host memory on the CPU
+    assert flag.value == 0
+    for bad in (np.inf, -np.inf, np.nan):
+        gb[17] = bad  # one element of the other parameter: the whole step is skipped
+        opt.step()
+        assert opt.found_inf() and flag.value == 1
+        assert np.array_equal(a, before[0]) and np.array_equal(b, before[1])
+        assert opt.get_step(0) == opt.get_step(1) == 1  # skipped steps do not count
+        np.testing.assert_array_equal(opt.read_state(0), before[3])
+        np.testing.assert_array_equal(opt.read_state(1, "momentum"), before[4])
+        assert opt.save() == before[2]
+    gb[17] = 0.5
+    opt.step()
+    assert not opt.found_inf() and flag.value == 0
+    assert opt.get_step(0) == opt.get_step(1) == 2
+    assert not np.array_equal(a, before[0])
+    assert np.all(np.isfinite(a)) and np.all(np.isfinite(b))
+
+
+def test_without_skip_nonfinite_an_inf_grad_propagates():
+    p = np.ones(16, np.float32)
+    g = np.ones(16, np.float32)
+    g[3] = np.inf
+    opt = qrmsprop.Optimizer()
+    assert opt.config["skip_nonfinite"] is False
+    opt.add_param(p, g)
+    opt.step()
+    assert opt.get_step(0) == 1
+    assert not np.all(np.isfinite(p))
+    assert not opt.found_inf()
+
+
+def test_grad_unscale_multiplies_the_grads_and_feeds_the_check(rng):
+    n, steps = 1000, 5
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = make_grads(rng, n, steps)
+    ref_p, ref_s, _ = reference_rmsprop(p0, grads)
+    p = p0.copy()
+    g = np.empty_like(p)
+    scale = np.array([0.25], np.float32)
+    opt = qrmsprop.Optimizer(skip_nonfinite=True)
+    opt.add_param(p, g)
+    opt.set_grad_unscale(scale)
+    for gi in grads:
+        g[...] = gi * np.float32(4)  # scaled by 4, unscaled by 0.25: exact in float32
+        opt.step()
+    np.testing.assert_allclose(p, ref_p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.read_state(0), ref_s, rtol=1e-5, atol=1e-6)
+    # The factor is read at every step: an inf factor makes the step non-finite.
+    scale[0] = np.inf
+    before = p.copy()
+    opt.step()
+    assert opt.found_inf() and np.array_equal(p, before) and opt.get_step(0) == steps
+    opt.set_grad_unscale(None)  # removed: the scaled grads are used as they are
+    opt.step()
+    assert not opt.found_inf() and opt.get_step(0) == steps + 1
+    with pytest.raises(ValueError, match="must be a single float32"):
+        opt.set_grad_unscale(np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="dtype float16"):
+        opt.set_grad_unscale(np.ones(1, np.float16))
+    with pytest.raises(ValueError, match="optimizer-wide"):
+        opt.set_param_config(0, skip_nonfinite=False)
+
+
+def test_param_info():
+    opt = qrmsprop.Optimizer("rmsprop8bit")
+    big = np.zeros(8192, np.float32)
+    small = np.zeros(100, np.float16)
+    opt.add_param(big)
+    opt.add_param(small)
+    assert opt.param_info(0) == qrmsprop.ParamInfo(8192, "float32", 8)
+    assert opt.param_info(1) == (100, "float16", 32)  # below min_8bit_size: 32-bit state
+    assert opt.param_info(1).state_bits == 32
+    with pytest.raises(qrmsprop.InvalidArgumentError, match="out of range"):
+        opt.param_info(2)

@@ -75,16 +75,16 @@ def test_8bit_close_to_torch_optim(device, momentum):
     err = (ours[0].detach().cpu() - ref[0].detach().cpu()).abs()
     assert err.mean() < 0.05 * moved.mean()
     assert err.max() < 0.08 * moved.max()
-    assert opt.state_bytes() == (8192 + 32 * 4) * (2 if momentum > 0 else 1)
+    assert opt.state_bytes() == (8192 + 32 * 4) * (2 if momentum > 0 else 1) + 8  # + the step counter
 
 
 def test_rmsprop_optim_bits_8_and_min_8bit_size():
     big = torch.nn.Parameter(torch.zeros(8192))
     small = torch.nn.Parameter(torch.zeros(100))
     opt = qtorch.RMSprop([big, small], optim_bits=8)
-    assert opt.state_bytes() == 8192 + 32 * 4 + 100 * 4
+    assert opt.state_bytes() == 8192 + 32 * 4 + 100 * 4 + 2 * 8
     opt = qtorch.RMSprop8bit([torch.nn.Parameter(torch.zeros(100))], min_8bit_size=0)
-    assert opt.state_bytes() == 100 + 4
+    assert opt.state_bytes() == 100 + 4 + 8
 
 
 def test_signatures_match_bitsandbytes():
@@ -144,8 +144,8 @@ def test_param_groups_lr_scheduler_and_override():
     mng.override_config(c, "optim_bits", 32)
     opt = qtorch.RMSprop8bit([{"params": [a], "lr": 0.0}, {"params": [b, c]}], lr=0.1)
     other = qtorch.RMSprop8bit([torch.nn.Parameter(torch.ones(8192))])  # no override: 8-bit
-    assert other.state_bytes() == 8192 + 32 * 4
-    assert opt.state_bytes() == 8 * 4 * 2 + 8192 * 4  # c kept 32-bit by the override
+    assert other.state_bytes() == 8192 + 32 * 4 + 8
+    assert opt.state_bytes() == 8 * 4 * 2 + 8192 * 4 + 3 * 8  # c kept 32-bit by the override
     for p in (a, b, c):
         p.grad = torch.ones_like(p)
     opt.step()

@@ -220,6 +220,16 @@ impl Dtype {
             Dtype::F16 | Dtype::BF16 => 2,
         }
     }
+
+    /// The dtype of a C code; `None` for a code this binding does not know.
+    pub fn from_raw(code: sys::qrms_dtype_t) -> Option<Dtype> {
+        match code {
+            sys::QRMS_FLOAT32 => Some(Dtype::F32),
+            sys::QRMS_FLOAT16 => Some(Dtype::F16),
+            sys::QRMS_BFLOAT16 => Some(Dtype::BF16),
+            _ => None,
+        }
+    }
 }
 
 /// Which state buffer [`Optimizer::read_state`] returns.
@@ -360,6 +370,11 @@ pub struct Config {
     pub block_wise: bool,
     pub max_unorm: f32,
     pub skip_zeros: bool,
+    /// A step whose gradients (times the unscale factor, if one is set) hold
+    /// an inf or NaN changes nothing, for every parameter, and sets the
+    /// found-inf flag ([`Optimizer::read_found_inf`]). Optimizer-wide: read by
+    /// [`Optimizer::new`], ignored by [`Optimizer::set_param_config`].
+    pub skip_nonfinite: bool,
 }
 
 impl Default for Config {
@@ -377,6 +392,7 @@ impl Default for Config {
             block_wise: true,
             max_unorm: 0.0,
             skip_zeros: false,
+            skip_nonfinite: false,
         }
     }
 }
@@ -398,6 +414,7 @@ impl Config {
             block_wise: self.block_wise as i32,
             max_unorm: self.max_unorm,
             skip_zeros: self.skip_zeros as i32,
+            skip_nonfinite: self.skip_nonfinite as i32,
         }
     }
 
@@ -415,27 +432,35 @@ impl Config {
             block_wise: c.block_wise != 0,
             max_unorm: c.max_unorm,
             skip_zeros: c.skip_zeros != 0,
+            skip_nonfinite: c.skip_nonfinite != 0,
         }
     }
 
-    /// The loaded library's defaults (`qrms_config_init`).
+    /// The loaded library's defaults (`qrms_config_init_sized`, which writes
+    /// at most this binding's struct).
     pub fn library_defaults() -> Config {
-        // qrms_config_init writes the library's sizeof(qrms_config), which
-        // grows in later versions: give it room, then read the fields we know.
-        let mut scratch = [0u64; 512];
-        unsafe {
-            sys::qrms_config_init(scratch.as_mut_ptr() as *mut sys::qrms_config);
-            Config::from_raw(&std::ptr::read(scratch.as_ptr() as *const sys::qrms_config))
-        }
+        let mut raw = Config::default().to_raw();
+        let status = unsafe { sys::qrms_config_init_sized(&mut raw, std::mem::size_of::<sys::qrms_config>()) };
+        assert_eq!(status, sys::QRMS_SUCCESS, "qrms_config_init_sized: {}", last_error());
+        Config::from_raw(&raw)
     }
 }
 
 // ---- the optimizer ------------------------------------------------------------------
 
 #[derive(Debug, Clone, Copy)]
-struct ParamInfo {
+struct ParamSlot {
     dtype: Dtype,
     numel: usize,
+}
+
+/// What a parameter is ([`Optimizer::param_info`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ParamInfo {
+    pub numel: usize,
+    pub dtype: Dtype,
+    /// Precision of its state: 8 or 32.
+    pub state_bits: i32,
 }
 
 /// An RMSprop optimizer of the library (`qrms_optimizer_t`), freed on drop.
@@ -448,7 +473,7 @@ struct ParamInfo {
 pub struct Optimizer<'a> {
     raw: NonNull<sys::qrms_optimizer_s>,
     device: Device,
-    params: Vec<ParamInfo>,
+    params: Vec<ParamSlot>,
     _buffers: PhantomData<&'a [Cell<u8>]>,
 }
 
@@ -475,7 +500,7 @@ impl<'a> Optimizer<'a> {
         self.device
     }
 
-    fn info(&self, index: usize) -> Result<ParamInfo> {
+    fn info(&self, index: usize) -> Result<ParamSlot> {
         self.params.get(index).copied().ok_or_else(|| {
             invalid(format!(
                 "parameter index {index} out of range (the optimizer has {} parameters)",
@@ -533,7 +558,7 @@ impl<'a> Optimizer<'a> {
         let mut index: i64 = -1;
         check(sys::qrms_optimizer_add_param(self.as_raw(), param, grad, dtype.raw(), n, &mut index))?;
         debug_assert_eq!(index as usize, self.params.len());
-        self.params.push(ParamInfo { dtype, numel });
+        self.params.push(ParamSlot { dtype, numel });
         Ok(index as usize)
     }
 
@@ -611,6 +636,58 @@ impl<'a> Optimizer<'a> {
     /// `stream` must be null or a live stream of this optimizer's device.
     pub unsafe fn step_on_stream(&mut self, stream: *mut c_void) -> Result<()> {
         check(sys::qrms_optimizer_step(self.as_raw(), stream as sys::qrms_stream_t))
+    }
+
+    /// Multiplies every gradient by the f32 at `unscale` (before clipping,
+    /// the non-finite check and the update); null removes the factor. Every
+    /// step reads the value on the device, so it may change between steps.
+    ///
+    /// # Safety
+    /// `unscale` must be null or point to an f32 on this optimizer's device
+    /// that stays valid, and is not written concurrently with a step, until
+    /// it is replaced or removed or the optimizer is dropped.
+    pub unsafe fn set_grad_unscale_raw(&mut self, unscale: *const f32) -> Result<()> {
+        check(sys::qrms_optimizer_set_grad_unscale(self.as_raw(), unscale))
+    }
+
+    /// [`Optimizer::set_grad_unscale_raw`] with a host value (CPU optimizers):
+    /// the caller may change it between steps; `None` removes the factor.
+    pub fn set_grad_unscale(&mut self, unscale: Option<&'a Cell<f32>>) -> Result<()> {
+        self.require_cpu("set_grad_unscale")?;
+        let p = unscale.map_or(ptr::null(), |c| c.as_ptr() as *const f32);
+        // SAFETY: host memory living for 'a, which outlives self; Cell makes
+        // the shared access between the caller and the library sound.
+        unsafe { self.set_grad_unscale_raw(p) }
+    }
+
+    /// The found-inf flag copied to the host (synchronises): `true` when the
+    /// last step was skipped for an inf/NaN gradient (`skip_nonfinite`).
+    pub fn read_found_inf(&self) -> Result<bool> {
+        let mut found = 0i32;
+        check(unsafe { sys::qrms_optimizer_read_found_inf(self.as_raw(), &mut found) })?;
+        Ok(found != 0)
+    }
+
+    /// The address of the found-inf flag, an `i32` on this optimizer's device
+    /// (host memory on the CPU), for reading it without a host
+    /// synchronisation. Valid while the optimizer lives.
+    pub fn found_inf_ptr(&self) -> Result<*const i32> {
+        let mut p: *const i32 = ptr::null();
+        check(unsafe { sys::qrms_optimizer_found_inf(self.as_raw(), &mut p) })?;
+        Ok(p)
+    }
+
+    /// Numel, dtype and state precision of parameter `index`, as the library
+    /// sees them (`qrms_optimizer_param_info`).
+    pub fn param_info(&self, index: usize) -> Result<ParamInfo> {
+        let i = to_i64(index, "index")?;
+        let (mut numel, mut dtype, mut bits) = (0i64, 0i32, 0i32);
+        check(unsafe { sys::qrms_optimizer_param_info(self.as_raw(), i, &mut numel, &mut dtype, &mut bits) })?;
+        let dtype = Dtype::from_raw(dtype).ok_or_else(|| Error {
+            status: Status::Internal,
+            message: format!("qrms_optimizer_param_info: unknown dtype code {dtype}"),
+        })?;
+        Ok(ParamInfo { numel: numel as usize, dtype, state_bits: bits })
     }
 
     /// Number of parameters added (the same as `qrms_optimizer_param_count`).

@@ -43,7 +43,9 @@ pub struct CUstream_st {
 pub type qrms_stream_t = *mut CUstream_st;
 
 /// `struct qrms_config` (SPEC section 2). `struct_size` must be
-/// `size_of::<qrms_config>()`; `qrms_config_init` fills the defaults.
+/// `size_of::<qrms_config>()`; `qrms_config_init_sized` fills the defaults.
+/// The first published struct ended with `skip_zeros`
+/// ([`QRMS_CONFIG_FIRST_SIZE`] bytes); `skip_nonfinite` was appended later.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct qrms_config {
@@ -60,7 +62,14 @@ pub struct qrms_config {
     pub block_wise: i32,
     pub max_unorm: f32,
     pub skip_zeros: i32,
+    /// Appended after the first published struct; optimizer-wide (ignored in
+    /// per-parameter configs).
+    pub skip_nonfinite: i32,
 }
+
+/// `struct_size` of the first published `qrms_config` (the smallest the
+/// library accepts): the offset of `skip_nonfinite`.
+pub const QRMS_CONFIG_FIRST_SIZE: usize = std::mem::offset_of!(qrms_config, skip_nonfinite);
 
 /// `struct qrms_update_params` (the core entry points on raw pointers).
 #[repr(C)]
@@ -92,6 +101,7 @@ extern "C" {
     pub fn qrms_get_num_threads() -> i32;
 
     pub fn qrms_config_init(cfg: *mut qrms_config);
+    pub fn qrms_config_init_sized(cfg: *mut qrms_config, size: usize) -> qrms_status_t;
 
     pub fn qrms_optimizer_create(
         out: *mut qrms_optimizer_t,
@@ -115,6 +125,9 @@ extern "C" {
     pub fn qrms_optimizer_get_param_config(opt: qrms_optimizer_t, index: i64, cfg: *mut qrms_config) -> qrms_status_t;
     pub fn qrms_optimizer_set_lr(opt: qrms_optimizer_t, lr: f32) -> qrms_status_t;
     pub fn qrms_optimizer_step(opt: qrms_optimizer_t, stream: qrms_stream_t) -> qrms_status_t;
+    pub fn qrms_optimizer_set_grad_unscale(opt: qrms_optimizer_t, unscale: *const f32) -> qrms_status_t;
+    pub fn qrms_optimizer_found_inf(opt: qrms_optimizer_t, flag_out: *mut *const i32) -> qrms_status_t;
+    pub fn qrms_optimizer_read_found_inf(opt: qrms_optimizer_t, found_out: *mut i32) -> qrms_status_t;
     pub fn qrms_optimizer_get_step(opt: qrms_optimizer_t, index: i64, step_out: *mut i64) -> qrms_status_t;
     pub fn qrms_optimizer_read_state(opt: qrms_optimizer_t, index: i64, which: i32, out: *mut f32) -> qrms_status_t;
     pub fn qrms_optimizer_state_bytes(opt: qrms_optimizer_t, bytes_out: *mut i64) -> qrms_status_t;
@@ -126,6 +139,13 @@ extern "C" {
     ) -> qrms_status_t;
     pub fn qrms_optimizer_load(opt: qrms_optimizer_t, buffer: *const c_void, size: usize) -> qrms_status_t;
     pub fn qrms_optimizer_param_count(opt: qrms_optimizer_t, count_out: *mut i64) -> qrms_status_t;
+    pub fn qrms_optimizer_param_info(
+        opt: qrms_optimizer_t,
+        index: i64,
+        numel_out: *mut i64,
+        dtype_out: *mut qrms_dtype_t,
+        state_bits_out: *mut i32,
+    ) -> qrms_status_t;
 
     pub fn qrms_dynamic_map(is_signed: i32, out: *mut f32) -> qrms_status_t;
     pub fn qrms_quantize_blockwise(

@@ -2,7 +2,7 @@
 //! themselves without a device).
 use std::cell::Cell;
 
-use qrmsprop::{sys, Config, Device, Dtype, Optimizer, StateKind, Status, Variant, BF16, F16};
+use qrmsprop::{sys, Config, Device, Dtype, Optimizer, ParamInfo, StateKind, Status, Variant, BF16, F16};
 
 /// A tiny deterministic generator (no crates): xorshift64* -> N(0,1) by Box-Muller.
 struct Rng(u64);
@@ -60,7 +60,8 @@ fn config_default_is_the_library_default_and_layout_matches() {
         // The LP64 layout of the header's struct (the Python tests check the
         // same offsets against the C compiler).
         use std::mem::{offset_of, size_of};
-        assert_eq!(size_of::<sys::qrms_config>(), 64);
+        assert_eq!(size_of::<sys::qrms_config>(), 72);
+        assert_eq!(sys::QRMS_CONFIG_FIRST_SIZE, 64); // the first published struct ends with skip_zeros
         assert_eq!(offset_of!(sys::qrms_config, lr), 8);
         assert_eq!(offset_of!(sys::qrms_config, centered), 28);
         assert_eq!(offset_of!(sys::qrms_config, optim_bits), 32);
@@ -69,6 +70,7 @@ fn config_default_is_the_library_default_and_layout_matches() {
         assert_eq!(offset_of!(sys::qrms_config, block_wise), 52);
         assert_eq!(offset_of!(sys::qrms_config, max_unorm), 56);
         assert_eq!(offset_of!(sys::qrms_config, skip_zeros), 60);
+        assert_eq!(offset_of!(sys::qrms_config, skip_nonfinite), 64);
         assert_eq!(size_of::<sys::qrms_update_params>(), 40);
     }
     let (major, minor, _) = qrmsprop::version();
@@ -144,7 +146,7 @@ fn train_quadratic(variant: Variant, cfg: Config, n: usize, steps: usize) -> (f6
 fn training_converges_32bit() {
     let (start, end, bytes) = train_quadratic(Variant::RMSprop32bit, Config::default(), 8192, 400);
     assert!(end < start * 1e-3, "{start} -> {end}");
-    assert_eq!(bytes, 8192 * 4);
+    assert_eq!(bytes, 8192 * 4 + 8); // + the step counter
 }
 
 #[test]
@@ -152,11 +154,11 @@ fn training_converges_8bit() {
     let cfg = Config { momentum: 0.5, ..Config::default() };
     let (start, end, bytes) = train_quadratic(Variant::RMSprop8bit, cfg, 8192, 400);
     assert!(end < start * 1e-3, "{start} -> {end}");
-    assert_eq!(bytes, 2 * (8192 + 32 * 4)); // codes + absmax, for square_avg and momentum
+    assert_eq!(bytes, 2 * (8192 + 32 * 4) + 8); // codes + absmax, for square_avg and momentum; the step counter
     let per_tensor = Config { block_wise: false, optim_bits: 8, ..cfg };
     let (start, end, bytes) = train_quadratic(Variant::RMSprop, per_tensor, 8192, 400);
     assert!(end < start * 1e-3, "{start} -> {end}");
-    assert_eq!(bytes, 2 * (8192 + 8)); // codes + {max1, new_max1}, twice
+    assert_eq!(bytes, 2 * (8192 + 8) + 8); // codes + {max1, new_max1}, twice; the step counter
 }
 
 #[test]
@@ -318,9 +320,12 @@ fn grad_none_skips_and_per_param_config() {
     let mut big = vec![0.0f32; 8192];
     let mut opt8 = Optimizer::new(Variant::RMSprop8bit, &Config::default(), Device::Cpu).unwrap();
     opt8.add_param(cells(&mut big), None).unwrap();
-    assert_eq!(opt8.state_bytes().unwrap(), 8192 + 32 * 4);
+    assert_eq!(opt8.state_bytes().unwrap(), 8192 + 32 * 4 + 8);
+    assert_eq!(opt8.param_info(0).unwrap(), ParamInfo { numel: 8192, dtype: Dtype::F32, state_bits: 8 });
     opt8.set_param_config(0, &Config { optim_bits: 32, ..Config::default() }).unwrap();
-    assert_eq!(opt8.state_bytes().unwrap(), 8192 * 4);
+    assert_eq!(opt8.state_bytes().unwrap(), 8192 * 4 + 8);
+    assert_eq!(opt8.param_info(0).unwrap().state_bits, 32);
+    assert!(opt8.param_info(1).unwrap_err().message.contains("out of range"));
 }
 
 fn rss_kib() -> u64 {
@@ -472,4 +477,107 @@ fn dynamic_map_and_quantization() {
     qrmsprop::set_num_threads(1).unwrap();
     assert_eq!(qrmsprop::num_threads(), 1);
     qrmsprop::set_num_threads(0).unwrap();
+}
+
+#[test]
+fn skip_nonfinite_skips_a_step_with_an_inf_grad() {
+    for variant in [Variant::RMSprop32bit, Variant::RMSprop8bit] {
+        let mut rng = Rng(21);
+        let (n, m) = (8192, 100);
+        let mut a = rng.vec(n);
+        let mut b = rng.vec(m);
+        let mut ga = rng.vec(n);
+        let mut gb = rng.vec(m);
+        let (ac, bc, gac, gbc) = (cells(&mut a), cells(&mut b), cells(&mut ga), cells(&mut gb));
+        let cfg = Config { momentum: 0.9, skip_nonfinite: true, ..Config::default() };
+        let mut opt = Optimizer::new(variant, &cfg, Device::Cpu).unwrap();
+        opt.add_param(ac, Some(gac)).unwrap();
+        opt.add_param(bc, Some(gbc)).unwrap();
+        assert!(opt.param_config(0).unwrap().skip_nonfinite);
+        assert!(!opt.read_found_inf().unwrap());
+        opt.step().unwrap();
+        assert!(!opt.read_found_inf().unwrap());
+        assert_eq!((opt.get_step(0).unwrap(), opt.get_step(1).unwrap()), (1, 1));
+        let flag = opt.found_inf_ptr().unwrap(); // host memory on the CPU
+        assert!(!flag.is_null());
+        assert_eq!(unsafe { flag.read_volatile() }, 0);
+        let snapshot = |opt: &Optimizer| {
+            (
+                ac.iter().chain(bc).map(|c| c.get().to_bits()).collect::<Vec<u32>>(),
+                opt.save().unwrap(),
+                opt.read_state(1, StateKind::Momentum).unwrap(),
+            )
+        };
+        let before = snapshot(&opt);
+        for bad in [f32::INFINITY, f32::NEG_INFINITY, f32::NAN] {
+            gbc[17].set(bad); // one element of the other parameter: the whole step is skipped
+            opt.step().unwrap();
+            assert!(opt.read_found_inf().unwrap());
+            assert_eq!(unsafe { flag.read_volatile() }, 1);
+            assert_eq!((opt.get_step(0).unwrap(), opt.get_step(1).unwrap()), (1, 1)); // not counted
+            let after = snapshot(&opt);
+            assert_eq!(after.0, before.0);
+            assert_eq!(after.1, before.1);
+            assert_eq!(
+                after.2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                before.2.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+        }
+        gbc[17].set(0.5);
+        opt.step().unwrap();
+        assert!(!opt.read_found_inf().unwrap());
+        assert_eq!(unsafe { flag.read_volatile() }, 0);
+        assert_eq!((opt.get_step(0).unwrap(), opt.get_step(1).unwrap()), (2, 2));
+        assert!(ac.iter().chain(bc).all(|c| c.get().is_finite()));
+        assert_ne!(snapshot(&opt).0, before.0);
+    }
+
+    // Off (the default): the inf propagates and the step counts.
+    let mut p = vec![1.0f32; 16];
+    let mut g = vec![1.0f32; 16];
+    g[3] = f32::INFINITY;
+    let mut opt = Optimizer::new(Variant::RMSprop, &Config::default(), Device::Cpu).unwrap();
+    opt.add_param(cells(&mut p), Some(cells(&mut g))).unwrap();
+    opt.step().unwrap();
+    assert_eq!(opt.get_step(0).unwrap(), 1);
+    assert!(!opt.read_found_inf().unwrap());
+    drop(opt);
+    assert!(p.iter().any(|x| !x.is_finite()));
+}
+
+#[test]
+fn grad_unscale_multiplies_the_grads() {
+    let n = 1000;
+    let mut rng = Rng(31);
+    let p0 = rng.vec(n);
+    let grads: Vec<Vec<f32>> = (0..5).map(|_| rng.vec(n)).collect();
+    let cfg = Config { skip_nonfinite: true, ..Config::default() };
+    let (mut rp, mut rs, mut rb) = (p0.clone(), vec![0.0f32; n], vec![0.0f32; n]);
+    for gr in &grads {
+        reference(&mut rp, &mut rs, &mut rb, gr, &cfg);
+    }
+    let mut p = p0.clone();
+    let mut g = vec![0.0f32; n];
+    let mut scale = 0.25f32;
+    let (pc, gc, sc) = (cells(&mut p), cells(&mut g), Cell::from_mut(&mut scale));
+    let mut opt = Optimizer::new(Variant::RMSprop, &cfg, Device::Cpu).unwrap();
+    opt.add_param(pc, Some(gc)).unwrap();
+    opt.set_grad_unscale(Some(sc)).unwrap();
+    for gr in &grads {
+        gc.iter().zip(gr).for_each(|(c, x)| c.set(x * 4.0)); // exact: unscaled by 0.25
+        opt.step().unwrap();
+    }
+    let got: Vec<f32> = pc.iter().map(Cell::get).collect();
+    assert_close(&got, &rp, 1e-5, 1e-6);
+    assert_close(&opt.read_state(0, StateKind::SquareAvg).unwrap(), &rs, 1e-5, 1e-6);
+    sc.set(f32::NAN); // read at every step: the step becomes non-finite and is skipped
+    opt.step().unwrap();
+    assert!(opt.read_found_inf().unwrap());
+    assert_eq!(opt.get_step(0).unwrap(), 5);
+    opt.set_grad_unscale(None).unwrap();
+    opt.step().unwrap();
+    assert!(!opt.read_found_inf().unwrap());
+    assert_eq!(opt.get_step(0).unwrap(), 6);
+    // SAFETY: null removes the factor.
+    unsafe { opt.set_grad_unscale_raw(std::ptr::null()).unwrap() };
 }

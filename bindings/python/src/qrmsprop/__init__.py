@@ -27,7 +27,7 @@ from ._errors import (
     status_string,
 )
 from ._lib import LibraryNotFoundError, library_path, load_library
-from .optimizer import CONFIG_KEYS, VARIANTS, Optimizer, default_config
+from .optimizer import CONFIG_KEYS, VARIANTS, Optimizer, ParamInfo, default_config
 
 __version__ = "0.1.0"
 
@@ -37,6 +37,7 @@ BFLOAT16 = _lib.BFLOAT16
 
 __all__ = [
     "Optimizer",
+    "ParamInfo",
     "QrmsError",
     "InvalidArgumentError",
     "QrmsNotImplementedError",

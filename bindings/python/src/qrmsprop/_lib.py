@@ -68,7 +68,14 @@ class qrms_config(ctypes.Structure):
         ("block_wise", ctypes.c_int32),
         ("max_unorm", ctypes.c_float),
         ("skip_zeros", ctypes.c_int32),
+        # Appended after the first published struct (64 bytes on LP64, which
+        # ends with skip_zeros); a library that predates it gets 64 bytes.
+        ("skip_nonfinite", ctypes.c_int32),
     ]
+
+
+# struct_size of the first published qrms_config: the smallest the library takes.
+CONFIG_FIRST_SIZE = qrms_config.skip_nonfinite.offset
 
 
 class qrms_update_params(ctypes.Structure):
@@ -101,6 +108,7 @@ _PROTOTYPES = {
     "qrms_set_num_threads": (c_status, [_I32]),
     "qrms_get_num_threads": (ctypes.c_int32, []),
     "qrms_config_init": (None, [ctypes.POINTER(qrms_config)]),
+    "qrms_config_init_sized": (c_status, [ctypes.POINTER(qrms_config), ctypes.c_size_t]),
     "qrms_optimizer_create": (
         c_status,
         [ctypes.POINTER(c_optimizer), c_variant, ctypes.POINTER(qrms_config), c_device, _I32],
@@ -118,6 +126,13 @@ _PROTOTYPES = {
     "qrms_optimizer_save": (c_status, [c_optimizer, _P, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
     "qrms_optimizer_load": (c_status, [c_optimizer, _P, ctypes.c_size_t]),
     "qrms_optimizer_param_count": (c_status, [c_optimizer, ctypes.POINTER(_I64)]),
+    "qrms_optimizer_param_info": (
+        c_status,
+        [c_optimizer, _I64, ctypes.POINTER(_I64), ctypes.POINTER(c_dtype), ctypes.POINTER(_I32)],
+    ),
+    "qrms_optimizer_set_grad_unscale": (c_status, [c_optimizer, _P]),
+    "qrms_optimizer_found_inf": (c_status, [c_optimizer, ctypes.POINTER(_P)]),
+    "qrms_optimizer_read_found_inf": (c_status, [c_optimizer, ctypes.POINTER(_I32)]),
     "qrms_dynamic_map": (c_status, [_I32, _FP]),
     "qrms_quantize_blockwise": (c_status, [c_device, _FP, _FP, _U8P, _FP, _I64, _I64, c_stream]),
     "qrms_dequantize_blockwise": (c_status, [c_device, _FP, _U8P, _FP, _FP, _I64, _I64, c_stream]),
@@ -145,7 +160,14 @@ _PROTOTYPES = {
 
 # Functions added after the first 0.1.0 builds: a library without them still
 # loads; the methods that need them say so.
-_OPTIONAL = {"qrms_optimizer_get_param_config"}
+_OPTIONAL = {
+    "qrms_optimizer_get_param_config",
+    "qrms_config_init_sized",
+    "qrms_optimizer_param_info",
+    "qrms_optimizer_set_grad_unscale",
+    "qrms_optimizer_found_inf",
+    "qrms_optimizer_read_found_inf",
+}
 
 
 class LibraryNotFoundError(OSError):
@@ -253,18 +275,44 @@ def load_library():
 # the struct, which grows in later versions: let them write into scratch
 # memory this large, then copy the fields this binding knows.
 _INIT_SCRATCH_BYTES = 4096
+_library_config_size = None
+
+
+def library_config_size():
+    """sizeof(qrms_config) of the loaded library (what qrms_config_init writes)."""
+    global _library_config_size
+    if _library_config_size is None:
+        lib = load_library()
+        scratch = (ctypes.c_uint64 * (_INIT_SCRATCH_BYTES // 8))()
+        lib.qrms_config_init(ctypes.cast(scratch, ctypes.POINTER(qrms_config)))
+        _library_config_size = int(scratch[0])
+    return _library_config_size
+
+
+def config_struct_size():
+    """The struct_size to send: this binding's size, or the loaded library's if
+    that is smaller (an older library may refuse a larger struct)."""
+    return min(ctypes.sizeof(qrms_config), max(library_config_size(), CONFIG_FIRST_SIZE))
 
 
 def init_struct(struct_cls):
     """A struct_cls filled by the library's *_init function (defaults), with
-    struct_size set to this binding's size."""
+    struct_size set to this binding's size (for qrms_config: at most the
+    loaded library's, see config_struct_size)."""
     lib = load_library()
+    if struct_cls is qrms_config and hasattr(lib, "qrms_config_init_sized"):
+        out = qrms_config()
+        size = config_struct_size()
+        status = lib.qrms_config_init_sized(ctypes.byref(out), size)
+        if status != SUCCESS:
+            raise RuntimeError("qrms_config_init_sized(%d) failed: %s" % (size, lib.qrms_last_error().decode()))
+        return out
     init = {qrms_config: lib.qrms_config_init, qrms_update_params: lib.qrms_update_params_init}[struct_cls]
     scratch = (ctypes.c_uint64 * (_INIT_SCRATCH_BYTES // 8))()
     init(ctypes.cast(scratch, ctypes.POINTER(struct_cls)))
     out = struct_cls()
     ctypes.memmove(ctypes.byref(out), scratch, ctypes.sizeof(struct_cls))
-    out.struct_size = ctypes.sizeof(struct_cls)
+    out.struct_size = config_struct_size() if struct_cls is qrms_config else ctypes.sizeof(struct_cls)
     return out
 
 

@@ -1,6 +1,7 @@
 """The optimizer object: a thin, checked wrapper of qrms_optimizer_*."""
 import ctypes
 import threading
+from collections import namedtuple
 
 from . import _arrays, _lib
 from ._errors import DeviceError, check
@@ -26,8 +27,15 @@ CONFIG_KEYS = (
     "block_wise",
     "max_unorm",
     "skip_zeros",
+    "skip_nonfinite",
 )
-_BOOL_KEYS = ("centered", "block_wise", "skip_zeros")
+_BOOL_KEYS = ("centered", "block_wise", "skip_zeros", "skip_nonfinite")
+# Optimizer-wide keys: read by qrms_optimizer_create, ignored in per-parameter configs.
+_OPTIMIZER_WIDE_KEYS = ("skip_nonfinite",)
+
+ParamInfo = namedtuple("ParamInfo", "numel dtype state_bits")
+ParamInfo.__doc__ = """What a parameter is: numel, dtype ('float32', 'float16' or 'bfloat16') and the
+precision of its state (8 or 32 bits)."""
 _STATES = {"square_avg": _lib.STATE_SQUARE_AVG, "momentum": _lib.STATE_MOMENTUM}
 
 
@@ -60,6 +68,9 @@ def make_config(**values):
             v = int(v)
         else:
             v = float(v)
+        if k == "skip_nonfinite" and v and c.struct_size <= _lib.qrms_config.skip_nonfinite.offset:
+            raise NotImplementedError("skip_nonfinite needs a newer libqrmsprop (its qrms_config has no "
+                                      "skip_nonfinite field)")
         try:
             setattr(c, k, v)
         except (TypeError, OverflowError) as e:
@@ -88,13 +99,17 @@ class Optimizer:
     centered, optim_bits, min_8bit_size, percentile_clipping, block_wise,
     max_unorm, skip_zeros); unspecified ones take the SPEC defaults.
 
+    skip_nonfinite=True: a step whose gradients (times the unscale factor of
+    set_grad_unscale, if any) hold an inf or NaN changes nothing, for every
+    parameter, and sets the found-inf flag (found_inf(), found_inf_ptr()).
+
     Parameters and gradients are used in place, never copied: the optimizer
     keeps a reference to every array it was given, so their memory stays
     valid while it may use them. One optimizer must not be used from two
     threads at once; this wrapper serialises its own calls with a lock.
     """
 
-    def __init__(self, variant="rmsprop", device="cpu", **config):
+    def __init__(self, variant="rmsprop", device="cpu", *, skip_nonfinite=False, **config):
         if isinstance(variant, str):
             key = variant.lower().replace("_", "").replace("-", "")
             if key not in VARIANTS:
@@ -108,8 +123,10 @@ class Optimizer:
             if given is not None and given != fixed:
                 raise ValueError("optim_bits=%r conflicts with the variant, which fixes it to %d" % (given, fixed))
             config["optim_bits"] = fixed
+        config["skip_nonfinite"] = bool(skip_nonfinite)
         self._lib = _lib.load_library()
         self._handle = None
+        self._unscale = None  # Buffer of the unscale factor (kept alive) or None
         self._lock = threading.RLock()
         self.device_type, self.device_index, self.device = parse_device(device)
         self.variant = variant
@@ -131,6 +148,7 @@ class Optimizer:
                 self._handle = None
                 self._params = []
                 self._grads = []
+                self._unscale = None
 
     def __del__(self):
         if getattr(self, "_handle", None) is not None:
@@ -234,6 +252,11 @@ class Optimizer:
             unknown = sorted(set(overrides) - set(CONFIG_KEYS))
             if unknown:
                 raise TypeError("unknown config keys %s; known: %s" % (unknown, ", ".join(CONFIG_KEYS)))
+            wide = sorted(k for k in _OPTIMIZER_WIDE_KEYS
+                          if k in overrides and bool(overrides[k]) != bool(self._config[k]))
+            if wide:
+                raise ValueError("%s is optimizer-wide: give it to the Optimizer, not to one parameter"
+                                 % ", ".join(wide))
             if hasattr(self._lib, "qrms_optimizer_get_param_config"):
                 values = self.param_config(index)
             else:  # an older library: start from the optimizer's config
@@ -265,6 +288,54 @@ class Optimizer:
         with self._lock:
             check(self._lib.qrms_optimizer_step(self._h(), s))
 
+    # ---- loss scaling and non-finite gradients ------------------------------------
+    def _require(self, name):
+        if not hasattr(self._lib, name):
+            raise NotImplementedError("this libqrmsprop has no %s" % name)
+
+    def set_grad_unscale(self, unscale):
+        """Multiplies every gradient by `unscale` (before clipping, the
+        non-finite check and the update), or with None removes the factor.
+        `unscale` is a float32 scalar on the optimizer's device, used in place:
+        a 1-element numpy array (CPU), or a torch tensor / __cuda_array_interface__
+        object. Every step reads its current value (on the device), so it may
+        change between steps; the optimizer keeps a reference to it."""
+        with self._lock:
+            h = self._h()
+            self._require("qrms_optimizer_set_grad_unscale")
+            if unscale is None:
+                check(self._lib.qrms_optimizer_set_grad_unscale(h, None))
+                self._unscale = None
+                return
+            b = self._buffer(unscale, "unscale")
+            if b.dtype != _lib.FLOAT32:
+                raise ValueError("unscale has dtype %s; it must be float32" % _arrays.DTYPE_NAMES[b.dtype])
+            if b.numel != 1:
+                raise ValueError("unscale has %d elements; it must be a single float32" % b.numel)
+            check(self._lib.qrms_optimizer_set_grad_unscale(h, b.ptr))
+            self._unscale = b
+
+    def found_inf(self):
+        """True when the last step was skipped for an inf/NaN gradient
+        (skip_nonfinite); synchronises with the device."""
+        with self._lock:
+            h = self._h()
+            self._require("qrms_optimizer_read_found_inf")
+            flag = ctypes.c_int32()
+            check(self._lib.qrms_optimizer_read_found_inf(h, ctypes.byref(flag)))
+            return bool(flag.value)
+
+    def found_inf_ptr(self):
+        """The address of the found-inf flag (an int32 on the optimizer's
+        device: 1 after a skipped step, 0 after one that ran), for reading it
+        without a host synchronisation. Valid while the optimizer is open."""
+        with self._lock:
+            h = self._h()
+            self._require("qrms_optimizer_found_inf")
+            p = ctypes.c_void_p()
+            check(self._lib.qrms_optimizer_found_inf(h, ctypes.byref(p)))
+            return int(p.value or 0)
+
     # ---- queries ----------------------------------------------------------------
     def __len__(self):
         return len(self._params)
@@ -283,6 +354,17 @@ class Optimizer:
             s = ctypes.c_int64()
             check(self._lib.qrms_optimizer_get_step(self._h(), index, ctypes.byref(s)))
             return s.value
+
+    def param_info(self, index):
+        """ParamInfo(numel, dtype, state_bits) of parameter `index`."""
+        with self._lock:
+            h = self._h()
+            self._check_index(index)
+            self._require("qrms_optimizer_param_info")
+            numel, dtype, bits = ctypes.c_int64(), ctypes.c_int32(), ctypes.c_int32()
+            check(self._lib.qrms_optimizer_param_info(h, index, ctypes.byref(numel), ctypes.byref(dtype),
+                                                      ctypes.byref(bits)))
+            return ParamInfo(numel.value, _arrays.DTYPE_NAMES.get(dtype.value, dtype.value), bits.value)
 
     def read_state(self, index, which="square_avg"):
         """State of parameter `index` ('square_avg' or 'momentum'), dequantized
