@@ -85,6 +85,22 @@ std::unique_ptr<qrms::core::Backend> backend_for(qrms_device_t device) {
   throw qrms::ValueError("invalid device " + std::to_string(device) + " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
 }
 
+// The one tensor of a core entry point.
+qrms::core::TensorUpdate tensor_of(void *param, const void *grad, int64_t n, void *s, float *s_scale, void *b,
+                                   float *b_scale, const float *gnorm_scale, float *unorm) {
+  qrms::core::TensorUpdate t;
+  t.param = param;
+  t.grad = grad;
+  t.n = n;
+  t.state1 = s;
+  t.scale1 = s_scale;
+  t.state2 = b;
+  t.scale2 = b_scale;
+  t.gnorm_scale = gnorm_scale;
+  t.unorm = unorm;
+  return t;
+}
+
 // Checks the pointers of one core update and runs it.
 void run_update(qrms_device_t device, qrms_dtype_t dtype, qrms::core::StateKind kind,
                 qrms::core::TensorUpdate t, const qrms_update_params *hp, const float *qmap, qrms_stream_t stream) {
@@ -344,15 +360,9 @@ qrms_status_t qrms_update_32bit(qrms_device_t device, qrms_dtype_t dtype, void *
                                 float *square_avg, float *momentum_buf, int64_t n, const qrms_update_params *hp,
                                 const float *gnorm_scale, float *unorm, qrms_stream_t stream) {
   return guarded("qrms_update_32bit", [&] {
-    qrms::core::TensorUpdate t;
-    t.param = param;
-    t.grad = grad;
-    t.n = n;
-    t.state1 = square_avg;
-    t.state2 = momentum_buf;
-    t.gnorm_scale = gnorm_scale;
-    t.unorm = unorm;
-    run_update(device, dtype, qrms::core::StateKind::Float32, t, hp, nullptr, stream);
+    run_update(device, dtype, qrms::core::StateKind::Float32,
+               tensor_of(param, grad, n, square_avg, nullptr, momentum_buf, nullptr, gnorm_scale, unorm), hp, nullptr,
+               stream);
   });
 }
 
@@ -362,17 +372,10 @@ qrms_status_t qrms_update_8bit_blockwise(qrms_device_t device, qrms_dtype_t dtyp
                                          int64_t n, const qrms_update_params *hp, const float *gnorm_scale,
                                          float *unorm, qrms_stream_t stream) {
   return guarded("qrms_update_8bit_blockwise", [&] {
-    qrms::core::TensorUpdate t;
-    t.param = param;
-    t.grad = grad;
-    t.n = n;
-    t.state1 = square_avg_codes;
-    t.state2 = momentum_codes;
-    t.scale1 = square_avg_absmax;
-    t.scale2 = momentum_absmax;
-    t.gnorm_scale = gnorm_scale;
-    t.unorm = unorm;
-    run_update(device, dtype, qrms::core::StateKind::Blockwise8, t, hp, qmap, stream);
+    run_update(device, dtype, qrms::core::StateKind::Blockwise8,
+               tensor_of(param, grad, n, square_avg_codes, square_avg_absmax, momentum_codes, momentum_absmax,
+                         gnorm_scale, unorm),
+               hp, qmap, stream);
   });
 }
 
@@ -382,17 +385,10 @@ qrms_status_t qrms_update_8bit_tensor(qrms_device_t device, qrms_dtype_t dtype, 
                                       const qrms_update_params *hp, const float *gnorm_scale, float *unorm,
                                       qrms_stream_t stream) {
   return guarded("qrms_update_8bit_tensor", [&] {
-    qrms::core::TensorUpdate t;
-    t.param = param;
-    t.grad = grad;
-    t.n = n;
-    t.state1 = square_avg_codes;
-    t.state2 = momentum_codes;
-    t.scale1 = square_avg_max;
-    t.scale2 = momentum_max;
-    t.gnorm_scale = gnorm_scale;
-    t.unorm = unorm;
-    run_update(device, dtype, qrms::core::StateKind::Tensor8, t, hp, qmap, stream);
+    run_update(device, dtype, qrms::core::StateKind::Tensor8,
+               tensor_of(param, grad, n, square_avg_codes, square_avg_max, momentum_codes, momentum_max, gnorm_scale,
+                         unorm),
+               hp, qmap, stream);
   });
 }
 
