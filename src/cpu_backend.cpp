@@ -199,29 +199,34 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
   const bool mom = h.momentum > 0.0f;
   const int64_t nblocks = num_blocks(t.n);
   const int64_t b0 = chunk * kChunkBlocks, b1 = std::min(nblocks, b0 + kChunkBlocks);
-  float s[kBlockSize], b[kBlockSize];
+  float s[kBlockSize], b[kBlockSize] = {}, p[kBlockSize], g[kBlockSize], u[kBlockSize];
+  bool touched[kBlockSize];
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t i0 = blk * kBlockSize, len = std::min(kBlockSize, t.n - i0);
     io.load_block(t.state1, t.scale1, blk, i0, len, s);
     if (mom) io.load_block(t.state2, t.scale2, blk, i0, len, b);
-    float block_u = 0, block_p = 0;
     for (int64_t k = 0; k < len; ++k) {
-      const float p = load<T>(t.param, i0 + k);
-      float bk = mom ? b[k] : 0.0f, u;
-      const float g = math::grad_in(load<T>(t.grad, i0 + k), unscale);
-      const bool touched = math::rms_element(h, p, g, gscale, s[k], bk, u);
-      if (mom) b[k] = bk;
-      block_u += u * u;
-      block_p += p * p;
-      if (write && touched) store<T>(t.param, i0 + k, math::apply_update(p, h.lr, uscale, u));
-      acc.max1 = math::nan_max(acc.max1, std::fabs(s[k]));
-      if (mom) acc.max2 = math::nan_max(acc.max2, std::fabs(b[k]));
+      p[k] = load<T>(t.param, i0 + k);
+      g[k] = math::grad_in(load<T>(t.grad, i0 + k), unscale);
     }
-    acc.u_sumsq += block_u;
-    acc.p_sumsq += block_p;
+    // The element math alone, in a loop the compiler can vectorise (b[] is
+    // zero and unused without momentum).
+    for (int64_t k = 0; k < len; ++k) touched[k] = math::rms_element(h, p[k], g[k], gscale, s[k], b[k], u[k]);
     if (write) {
+      for (int64_t k = 0; k < len; ++k)
+        if (touched[k]) store<T>(t.param, i0 + k, math::apply_update(p[k], h.lr, uscale, u[k]));
       io.store_block(t.state1, t.scale1, blk, i0, len, s);
       if (mom) io.store_block(t.state2, t.scale2, blk, i0, len, b);
+    } else {
+      float block_u = 0, block_p = 0;
+      for (int64_t k = 0; k < len; ++k) {
+        block_u += u[k] * u[k];
+        block_p += p[k] * p[k];
+        acc.max1 = math::nan_max(acc.max1, std::fabs(s[k]));
+        if (mom) acc.max2 = math::nan_max(acc.max2, std::fabs(b[k]));
+      }
+      acc.u_sumsq += block_u;
+      acc.p_sumsq += block_p;
     }
   }
 }

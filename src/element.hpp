@@ -118,22 +118,23 @@ QRMS_HD float grad_in(float graw, float unscale) { return graw * unscale; }
 // One element of SPEC 3. `s` and `b` hold the old square average and
 // momentum on entry and the new ones on return; `u` gets the unscaled
 // update. Returns false when skip_zeros leaves the element untouched (then
-// s, b and u are unchanged / zero).
+// s and b keep their values and u is 0). Written with selects rather than
+// branches so that the CPU loop over a block vectorises; every operation is
+// the same float32 operation either way.
 QRMS_HD bool rms_element(const Hyper &h, float p, float graw, float gnorm_scale, float &s, float &b,
                          float &u) {
-  if (h.skip_zeros && graw == 0.0f) {
-    u = 0.0f;
-    return false;
-  }
+  const bool skip = (h.skip_zeros != 0) & (graw == 0.0f);
   float g = graw * gnorm_scale;
-  if (h.weight_decay > 0.0f) g = g + h.weight_decay * p;
-  s = h.alpha * s + (1.0f - h.alpha) * (g * g);
-  u = g / (sqrtf(s) + h.eps);
-  if (h.momentum > 0.0f) {
-    b = h.momentum * b + u;
-    u = b;
-  }
-  return true;
+  g = h.weight_decay > 0.0f ? g + h.weight_decay * p : g;
+  const float s_new = h.alpha * s + (1.0f - h.alpha) * (g * g);
+  float u_new = g / (sqrtf(s_new) + h.eps);
+  const float b_new = h.momentum * b + u_new;
+  const bool mom = h.momentum > 0.0f;
+  u_new = mom ? b_new : u_new;
+  s = skip ? s : s_new;
+  b = (skip | !mom) ? b : b_new;
+  u = skip ? 0.0f : u_new;
+  return !skip;
 }
 
 // The new parameter value, before rounding to its dtype.
