@@ -7,8 +7,9 @@
 // step (bench_common.hpp) per second, and that as a fraction of the bytes/s
 // of a plain loop that reads param, grad and the state buffers and writes
 // param and the state buffers back (the same bytes per element), run on the
-// same arrays with the same number of threads, interleaved with the steps so
-// both see the same machine noise. One JSON line per case on stdout;
+// same arrays with the same number of threads (at most one per 64 Ki
+// elements, as the library; persistent workers, as the library), interleaved
+// with the steps so both see the same machine noise. One JSON line per case on stdout;
 // foreign_cpu is the share of the machine's CPU time that other processes
 // used during the timed section (0 on a quiet machine; above ~0.05 the
 // absolute figures of that line are suspect).
@@ -29,8 +30,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <condition_variable>
 #include <fstream>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -151,9 +155,9 @@ Options parse(int argc, char **argv) {
 // ---- buffers -------------------------------------------------------------------
 
 // Owns an allocation whose data starts `offset` bytes after the page-aligned
-// base: the arrays of a case start at different offsets modulo 4 KiB, so
-// neither the update nor the stream meets 4K-aliasing stalls or cache-set
-// conflicts between its streams that an arbitrary allocator would not cause.
+// base: the arrays of a case start at different offsets modulo 4 KiB, as
+// independent allocations usually do, so that no figure depends on every
+// stream sharing one page offset (4K aliasing, cache-set conflicts).
 struct Mem {
   void *base = nullptr;
   size_t offset = 0;
@@ -287,22 +291,84 @@ struct StreamArrays {
   RangeFn fn;
 };
 
-// The same thread count as the optimizer, each thread a contiguous slice;
-// threads are started per call, as the CPU backend starts its own per step.
+// Workers that live as long as the process, woken through a condition
+// variable, as the CPU backend's own pool: a stream pass pays what a step
+// pays to start its threads, no more.
+class StreamPool {
+ public:
+  ~StreamPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto &t : workers_) t.join();
+  }
+
+  // Calls fn(slice) for slice in [0, slices), slice 0 on the caller.
+  void run(int slices, const std::function<void(int)> &fn) {
+    if (slices <= 1) {
+      fn(0);
+      return;
+    }
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (static_cast<int>(workers_.size()) < slices - 1) {
+      const int index = static_cast<int>(workers_.size()) + 1;
+      workers_.emplace_back([this, index] { work(index); });
+    }
+    fn_ = &fn;
+    slices_ = slices;
+    pending_ = slices - 1;
+    ++generation_;
+    lock.unlock();
+    wake_.notify_all();
+    fn(0);
+    lock.lock();
+    done_.wait(lock, [this] { return pending_ == 0; });
+    fn_ = nullptr;
+  }
+
+ private:
+  void work(int index) {
+    uint64_t seen = 0;
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+      if (index >= slices_) continue;  // not needed this time
+      const std::function<void(int)> *fn = fn_;
+      lock.unlock();
+      (*fn)(index);
+      lock.lock();
+      if (--pending_ == 0) done_.notify_one();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)> *fn_ = nullptr;
+  int slices_ = 0, pending_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
+StreamPool &stream_pool() {
+  static StreamPool *pool = new StreamPool;  // never destroyed, like the library's
+  return *pool;
+}
+
+// The thread count the CPU backend would use: `threads`, but no more than one
+// per 64 Ki elements (its unit of work), each thread a contiguous slice.
 void stream_pass(const StreamArrays &s, int threads) {
   const uint32_t mask = g_zero_mask;
-  if (threads <= 1) {
-    s.fn(s.p, s.g, s.s1, s.s2, 0, s.n, mask);
-  } else {
-    const int64_t per = ceil_div(ceil_div(s.n, threads), 64) * 64;
-    std::vector<std::thread> pool;
-    for (int t = 1; t < threads; ++t) {
-      const int64_t i0 = std::min(s.n, t * per), i1 = std::min(s.n, (t + 1) * per);
-      pool.emplace_back([&s, i0, i1, mask] { s.fn(s.p, s.g, s.s1, s.s2, i0, i1, mask); });
-    }
-    s.fn(s.p, s.g, s.s1, s.s2, 0, std::min(s.n, per), mask);
-    for (auto &th : pool) th.join();
-  }
+  const int slices = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, ceil_div(s.n, 65536))));
+  const int64_t per = ceil_div(ceil_div(s.n, slices), 64) * 64;
+  stream_pool().run(slices, [&s, per, mask](int t) {
+    const int64_t i0 = std::min(s.n, t * per), i1 = std::min(s.n, (t + 1) * per);
+    s.fn(s.p, s.g, s.s1, s.s2, i0, i1, mask);
+  });
   rmw_scales(s.a1, s.scales, mask);
   rmw_scales(s.a2, s.scales, mask);
 }
@@ -394,7 +460,13 @@ std::string cpu_model() {
 }
 
 void run_case(const Options &o, const Case &c) {
-  Buffers b = make_buffers(c);
+  // The raw entry points always use the state they are given; an optimizer
+  // keeps 32-bit state below min_8bit_size (4096, the default), and then the
+  // stream's arrays and the byte model follow what it really holds.
+  const int64_t min_8bit = o.optimizer_api ? 4096 : 0;
+  Case held = c;
+  if (c.variant != Variant::Bits32 && c.n < min_8bit) held.variant = Variant::Bits32;
+  Buffers b = make_buffers(held);
   Stepper st;
   st.c = c;
   st.b = &b;
@@ -418,7 +490,7 @@ void run_case(const Options &o, const Case &c) {
           "qrms_optimizer_add_param");
   }
 
-  const int64_t ss = c.variant == Variant::Bits32 ? 4 : 1;
+  const int64_t ss = held.variant == Variant::Bits32 ? 4 : 1;
   const StreamArrays sa{b.param.get(),
                         b.grad.get(),
                         b.s1.get(),
@@ -426,9 +498,9 @@ void run_case(const Options &o, const Case &c) {
                         static_cast<float *>(b.a1.get()),
                         static_cast<float *>(b.a2.get()),
                         c.n,
-                        c.variant == Variant::Blockwise8 ? b.scales : 0,
+                        held.variant == Variant::Blockwise8 ? b.scales : 0,
                         pick_rmw(dtype_size(c.dtype), ss, c.momentum)};
-  const int64_t bytes = step_bytes(c.variant, c.dtype, c.momentum, c.n);
+  const int64_t bytes = step_bytes(c.variant, c.dtype, c.momentum, c.n, min_8bit);
 
   for (int threads : o.threads) {
     check(qrms_set_num_threads(threads), "qrms_set_num_threads");
@@ -466,6 +538,7 @@ void run_case(const Options &o, const Case &c) {
         .str("backend", "cpu")
         .str("api", o.optimizer_api ? "optimizer" : "core")
         .str("variant", variant_name(c.variant))
+        .str("state", variant_name(held.variant))
         .str("dtype", dtype_name(c.dtype))
         .boolean("momentum", c.momentum)
         .integer("n", c.n)
@@ -479,7 +552,7 @@ void run_case(const Options &o, const Case &c) {
         .number("stream_bytes_per_s", stream_bps)
         .number("fraction_of_stream", bps / stream_bps)
         .number("two_pass_fraction_of_stream",
-                static_cast<double>(two_pass_bytes(c.variant, c.dtype, c.momentum, c.n)) / t_step / stream_bps)
+                static_cast<double>(two_pass_bytes(c.variant, c.dtype, c.momentum, c.n, min_8bit)) / t_step / stream_bps)
         .integer("reps", o.reps)
         .integer("iters", iters)
         .number("load1", load)

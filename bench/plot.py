@@ -9,7 +9,7 @@ without a "variant" (meta, errors, skips) are ignored. GPU model cases (GPT-2,
 1.3B) are drawn as separate markers at their total element count.
 
     python3 bench/plot.py cpu.jsonl [more.jsonl ...] -o docs/img/cpu_bandwidth.png
-        [--threads 2] [--title "..."]
+        [--threads 2] [--logy] [--title "..."]
     python3 bench/plot.py --table cpu.jsonl     # Markdown table of the cases instead
 
 
@@ -96,6 +96,7 @@ def main():
     ap.add_argument("--threads", type=int, default=None,
                     help="CPU: plot only this thread count (default: the largest present)")
     ap.add_argument("--title", default=None)
+    ap.add_argument("--logy", action="store_true", help="logarithmic fraction axis (for fractions far below 1)")
     args = ap.parse_args()
 
     rows = read(args.files)
@@ -151,10 +152,14 @@ def main():
                     ax.annotate(case, (n, fr), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.axhline(1.0, color="gray", lw=0.8, ls=":")
         ax.set_xscale("log", base=2 if backend == "cpu" else 10)
-        ax.set_ylim(0, ymax)
+        if args.logy:
+            ax.set_yscale("log")
+            ax.set_ylim(max(1e-3, 0.7 * min(fraction(d) for d in rows)), ymax)
+        else:
+            ax.set_ylim(0, ymax)
         ax.set_title("%s params/grads" % dt)
         ax.set_xlabel("elements per tensor" if backend == "cpu" else "elements (stars: model cases, total)")
-        ax.grid(True, which="major", alpha=0.3)
+        ax.grid(True, which="both" if args.logy else "major", alpha=0.3)
     axes[0][0].set_ylabel("achieved bytes/s / baseline bytes/s")
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)

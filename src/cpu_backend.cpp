@@ -195,7 +195,7 @@ template <typename T>
 void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool write, float unscale, float gscale,
                 float uscale,
                 Partial &acc) {
-  const math::Hyper &h = t.hp;
+  const math::Hyper h = t.hp;  // a local copy: stores to float arrays cannot alias it
   const bool mom = h.momentum > 0.0f;
   const int64_t nblocks = num_blocks(t.n);
   const int64_t b0 = chunk * kChunkBlocks, b1 = std::min(nblocks, b0 + kChunkBlocks);
@@ -211,7 +211,13 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
     }
     // The element math alone, in a loop the compiler can vectorise (b[] is
     // zero and unused without momentum).
-    for (int64_t k = 0; k < len; ++k) touched[k] = math::rms_element(h, p[k], g[k], gscale, s[k], b[k], u[k]);
+    for (int64_t k = 0; k < len; ++k) {
+      float sk = s[k], bk = b[k], uk;
+      touched[k] = math::rms_element(h, p[k], g[k], gscale, sk, bk, uk);
+      s[k] = sk;
+      b[k] = bk;
+      u[k] = uk;
+    }
     if (write) {
       for (int64_t k = 0; k < len; ++k)
         if (touched[k]) store<T>(t.param, i0 + k, math::apply_update(p[k], h.lr, uscale, u[k]));
