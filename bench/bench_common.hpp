@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -67,6 +68,15 @@ inline int64_t two_pass_bytes(Variant v, qrms_dtype_t dtype, bool momentum, int6
   int64_t b = step_bytes(v, dtype, momentum, n, min_8bit_size);
   if (v == Variant::Tensor8 && n >= min_8bit_size) b += n * dtype_size(dtype) + (momentum ? 2 : 1) * n;
   return b;
+}
+
+// The items of a comma-separated command-line value.
+inline std::vector<std::string> split(const std::string &s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
 }
 
 inline double median(std::vector<double> v) {

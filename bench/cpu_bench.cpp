@@ -73,14 +73,6 @@ void check(qrms_status_t st, const char *what) {
   if (st != QRMS_SUCCESS) fail(std::string(what) + ": " + qrms_status_string(st) + ": " + qrms_last_error());
 }
 
-std::vector<std::string> split(const std::string &s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(item);
-  return out;
-}
-
 void usage() {
   std::fprintf(stderr,
                "usage: qrms_bench_cpu [--n N[,N...]] [--threads T[,T...]] [--reps R] [--min-time S]\n"

@@ -200,14 +200,6 @@ struct Options {
   std::vector<bool> momenta{false, true};
 };
 
-std::vector<std::string> split(const std::string &s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) out.push_back(item);
-  return out;
-}
-
 void usage() {
   std::fprintf(stderr,
                "usage: qrms_bench_gpu [--quick] [--sizes N[,N...]] [--models gpt2_124m,gpt_1_3b|none]\n"
