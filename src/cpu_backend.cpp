@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "core.hpp"
+#include "quant_table.hpp"
 
 namespace qrms {
 namespace core {
@@ -129,10 +130,12 @@ template <typename T>
 float load(const void *p, int64_t i) {
   return math::to_float(static_cast<const T *>(p)[i]);
 }
-template <typename T>
-void store(void *p, int64_t i, float v) {
-  static_cast<T *>(p)[i] = math::from_float<T>(v);
-}
+
+// `a` where `first` is set, else `b`: a select on the bits, so a kept
+// element keeps its exact bits (a NaN its payload).
+inline float pick(bool first, float a, float b) { return first ? a : b; }
+inline math::half_t pick(bool first, math::half_t a, math::half_t b) { return math::half_t{first ? a.bits : b.bits}; }
+inline math::bf16_t pick(bool first, math::bf16_t a, math::bf16_t b) { return math::bf16_t{first ? a.bits : b.bits}; }
 
 // ---- one tensor ------------------------------------------------------------
 
@@ -143,97 +146,125 @@ struct Partial {
 };
 
 // State of one tensor of a given kind, read and written a block at a time.
+// 32-bit state is updated where it lies; 8-bit state goes through a float
+// buffer of one block.
 struct StateIO {
   StateKind kind;
   const float *qmap;
+  const QuantTable *table;  // nullptr: quantize by binary search
   uint8_t zero;
 
-  // Old state of elements [i0, i0+len) of block `blk` into s[].
-  void load_block(const void *state, const float *scale, int64_t blk, int64_t i0, int64_t len, float *s) const {
-    switch (kind) {
-      case StateKind::Float32:
-        std::memcpy(s, static_cast<const float *>(state) + i0, static_cast<size_t>(len) * sizeof(float));
-        break;
-      case StateKind::Blockwise8:
-      case StateKind::Tensor8: {
-        const float a = kind == StateKind::Blockwise8 ? scale[blk] : scale[0];
-        const uint8_t *codes = static_cast<const uint8_t *>(state) + i0;
-        for (int64_t k = 0; k < len; ++k) s[k] = math::dequantize(qmap, codes[k], a);
-        break;
-      }
-    }
+  // Where the old state of block `blk` (elements [i0, i0+len)) can be read
+  // as floats: the state itself (32-bit) or buf, filled by dequantizing.
+  float *load_block(void *state, const float *scale, int64_t blk, int64_t i0, int64_t len, float *buf) const {
+    if (kind == StateKind::Float32) return static_cast<float *>(state) + i0;
+    const float a = kind == StateKind::Blockwise8 ? scale[blk] : scale[0];
+    const uint8_t *codes = static_cast<const uint8_t *>(state) + i0;
+    for (int64_t k = 0; k < len; ++k) buf[k] = math::dequantize(qmap, codes[k], a);
+    return buf;
   }
 
-  // New state s[] of the block back to memory (per-tensor: scale[1] is new_max1).
+  // New state s[] of the block back to memory: nothing to do for 32-bit
+  // (s is the state); 8-bit is quantized (per-tensor: scale[1] is new_max1).
   void store_block(void *state, float *scale, int64_t blk, int64_t i0, int64_t len, const float *s) const {
-    switch (kind) {
-      case StateKind::Float32:
-        std::memcpy(static_cast<float *>(state) + i0, s, static_cast<size_t>(len) * sizeof(float));
-        break;
-      case StateKind::Blockwise8:
-      case StateKind::Tensor8: {
-        float a;
-        if (kind == StateKind::Blockwise8) {
-          a = 0.0f;
-          for (int64_t k = 0; k < len; ++k) a = math::nan_max(a, std::fabs(s[k]));
-          scale[blk] = a;
-        } else {
-          a = scale[1];
-        }
-        uint8_t *codes = static_cast<uint8_t *>(state) + i0;
-        for (int64_t k = 0; k < len; ++k) codes[k] = math::quantize_scaled(qmap, s[k], a, zero);
-        break;
-      }
+    if (kind == StateKind::Float32) return;
+    float a;
+    if (kind == StateKind::Blockwise8) {
+      a = 0.0f;
+      for (int64_t k = 0; k < len; ++k) a = math::nan_max(a, std::fabs(s[k]));
+      scale[blk] = a;
+    } else {
+      a = scale[1];
+    }
+    uint8_t *codes = static_cast<uint8_t *>(state) + i0;
+    if (!(a > 0.0f)) {
+      std::memset(codes, zero, static_cast<size_t>(len));
+    } else if (table) {
+      for (int64_t k = 0; k < len; ++k) codes[k] = table->nearest(s[k] / a);
+    } else {
+      for (int64_t k = 0; k < len; ++k) codes[k] = math::quantize_nearest(qmap, s[k] / a);
     }
   }
 };
 
+// The writing pass over one block, in one loop the compiler vectorises:
+// SPEC 3 for every element, the new parameter and the new state s (and b
+// with momentum) stored in place. With skip_zeros, skipped elements keep
+// their parameter bits (the flag is a template argument: a runtime flag in
+// the select keeps GCC from vectorising the loop).
+template <typename T, bool Momentum, bool SkipZeros>
+void update_block(const math::Hyper &hp, T *__restrict p, const T *__restrict g, float *__restrict s,
+                  float *__restrict b, int64_t len, float unscale, float gscale, float uscale) {
+  const math::Hyper h = hp;  // a local copy: stores to float arrays cannot alias it
+  for (int64_t k = 0; k < len; ++k) {
+    const T old = p[k];
+    const float pk = math::to_float(old), gk = math::grad_in(math::to_float(g[k]), unscale);
+    float sk = s[k], bk = Momentum ? b[k] : 0.0f, uk;
+    math::rms_element(h, pk, gk, gscale, sk, bk, uk);
+    s[k] = sk;
+    if (Momentum) b[k] = bk;
+    p[k] = pick(SkipZeros && math::skipped(h, gk), old, math::from_float<T>(math::apply_update(pk, h.lr, uscale, uk)));
+  }
+}
+
+template <typename T>
+void update_block(const math::Hyper &h, T *p, const T *g, float *s, float *b, int64_t len, float unscale,
+                  float gscale, float uscale) {
+  const bool mom = h.momentum > 0.0f, skip = h.skip_zeros != 0;
+  auto run = mom ? (skip ? update_block<T, true, true> : update_block<T, true, false>)
+                 : (skip ? update_block<T, false, true> : update_block<T, false, false>);
+  run(h, p, g, s, b, len, unscale, gscale, uscale);
+}
+
 // Runs SPEC 3 over the blocks of one chunk. With write == false it only
-// accumulates `acc` (norms for max_unorm, maxima for per-tensor 8-bit); with
-// write == true it stores params and state.
+// accumulates `acc` (norms for max_unorm, maxima for per-tensor 8-bit) and
+// changes nothing; with write == true it stores params and state.
 template <typename T>
 void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool write, float unscale, float gscale,
-                float uscale,
-                Partial &acc) {
-  const math::Hyper h = t.hp;  // a local copy: stores to float arrays cannot alias it
+                float uscale, Partial &acc) {
+  const math::Hyper h = t.hp;
   const bool mom = h.momentum > 0.0f;
+  const bool norms = h.max_unorm > 0.0f;
   const int64_t nblocks = num_blocks(t.n);
   const int64_t b0 = chunk * kChunkBlocks, b1 = std::min(nblocks, b0 + kChunkBlocks);
-  float s[kBlockSize], b[kBlockSize] = {}, p[kBlockSize], g[kBlockSize], u[kBlockSize];
-  bool touched[kBlockSize];
+  T *param = static_cast<T *>(t.param);
+  const T *grad = static_cast<const T *>(t.grad);
+  if (write && io.kind == StateKind::Float32) {  // contiguous state: the whole chunk in one loop
+    const int64_t i0 = b0 * kBlockSize, len = std::min(b1 * kBlockSize, t.n) - i0;
+    float *s = static_cast<float *>(t.state1) + i0, *b = mom ? static_cast<float *>(t.state2) + i0 : nullptr;
+    update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale);
+    return;
+  }
+  float sbuf[kBlockSize], bbuf[kBlockSize];
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t i0 = blk * kBlockSize, len = std::min(kBlockSize, t.n - i0);
-    io.load_block(t.state1, t.scale1, blk, i0, len, s);
-    if (mom) io.load_block(t.state2, t.scale2, blk, i0, len, b);
-    for (int64_t k = 0; k < len; ++k) {
-      p[k] = load<T>(t.param, i0 + k);
-      g[k] = math::grad_in(load<T>(t.grad, i0 + k), unscale);
-    }
-    // The element math alone, in a loop the compiler can vectorise (b[] is
-    // zero and unused without momentum).
-    for (int64_t k = 0; k < len; ++k) {
-      float sk = s[k], bk = b[k], uk;
-      touched[k] = math::rms_element(h, p[k], g[k], gscale, sk, bk, uk);
-      s[k] = sk;
-      b[k] = bk;
-      u[k] = uk;
-    }
+    float *s = io.load_block(t.state1, t.scale1, blk, i0, len, sbuf);
+    float *b = mom ? io.load_block(t.state2, t.scale2, blk, i0, len, bbuf) : nullptr;
     if (write) {
-      for (int64_t k = 0; k < len; ++k)
-        if (touched[k]) store<T>(t.param, i0 + k, math::apply_update(p[k], h.lr, uscale, u[k]));
+      update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale);
       io.store_block(t.state1, t.scale1, blk, i0, len, s);
       if (mom) io.store_block(t.state2, t.scale2, blk, i0, len, b);
-    } else {
-      float block_u = 0, block_p = 0;
-      for (int64_t k = 0; k < len; ++k) {
-        block_u += u[k] * u[k];
-        block_p += p[k] * p[k];
-        acc.max1 = math::nan_max(acc.max1, std::fabs(s[k]));
-        if (mom) acc.max2 = math::nan_max(acc.max2, std::fabs(b[k]));
-      }
-      acc.u_sumsq += block_u;
-      acc.p_sumsq += block_p;
+      continue;
     }
+    // Read-only pass: the figures a tensor needs before its writing pass.
+    float block_u = 0, block_p = 0, max1 = acc.max1, max2 = acc.max2;
+    for (int64_t k = 0; k < len; ++k) {
+      const float pk = load<T>(param, i0 + k), gk = math::grad_in(load<T>(grad, i0 + k), unscale);
+      float sk = s[k], bk = mom ? b[k] : 0.0f, uk = 0.0f;
+      if (norms || mom) {
+        math::rms_element(h, pk, gk, gscale, sk, bk, uk);
+      } else if (!math::skipped(h, gk)) {  // per-tensor 8-bit without momentum: s_new is all it needs
+        sk = math::square_avg(h, sk, math::effective_grad(h, pk, gk, gscale));
+      }
+      block_u += uk * uk;
+      block_p += pk * pk;
+      max1 = math::nan_max(max1, std::fabs(sk));
+      max2 = math::nan_max(max2, std::fabs(bk));
+    }
+    acc.max1 = max1;
+    if (mom) acc.max2 = max2;
+    acc.u_sumsq += block_u;
+    acc.p_sumsq += block_p;
   }
 }
 
@@ -254,7 +285,8 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
                   const StepControl &ctl) {
   if (ctl.skip && *ctl.skip) return;
   const float unscale = ctl.grad_unscale ? *ctl.grad_unscale : 1.0f;
-  const StateIO io{kind, qmap, qmap ? math::zero_code(qmap) : uint8_t(0)};
+  const std::shared_ptr<const QuantTable> table = kind == StateKind::Float32 ? nullptr : QuantTable::of(qmap);
+  const StateIO io{kind, qmap, table.get(), qmap ? math::zero_code(qmap) : uint8_t(0)};
   const bool tensor8 = kind == StateKind::Tensor8;
   auto gscale = [&](size_t i) { return tensors[i].gnorm_scale ? *tensors[i].gnorm_scale : 1.0f; };
 
@@ -401,14 +433,12 @@ class CpuBackend final : public Backend {
 
   void quantize_blockwise(const float *qmap, const float *in, uint8_t *codes, float *absmax, int64_t n,
                           int64_t blocksize, void *) override {
-    const uint8_t zero = math::zero_code(qmap);
+    const std::shared_ptr<const QuantTable> table = QuantTable::of(qmap);
+    const StateIO io{StateKind::Blockwise8, qmap, table.get(), math::zero_code(qmap)};
     const int64_t blocks = (n + blocksize - 1) / blocksize;
     parallel_chunks(blocks, [&](int64_t blk) {
-      const int64_t i0 = blk * blocksize, i1 = std::min(n, i0 + blocksize);
-      float a = 0.0f;
-      for (int64_t i = i0; i < i1; ++i) a = math::nan_max(a, std::fabs(in[i]));
-      absmax[blk] = a;
-      for (int64_t i = i0; i < i1; ++i) codes[i] = math::quantize_scaled(qmap, in[i], a, zero);
+      const int64_t i0 = blk * blocksize;
+      io.store_block(codes, absmax, blk, i0, std::min(n - i0, blocksize), in + i0);
     });
   }
 

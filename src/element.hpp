@@ -115,6 +115,14 @@ struct Hyper {
 // (loss scaling; 1 when none is set, which leaves every value as it is).
 QRMS_HD float grad_in(float graw, float unscale) { return graw * unscale; }
 
+// The parts of one element's update, for passes that need only s_new.
+QRMS_HD bool skipped(const Hyper &h, float graw) { return (h.skip_zeros != 0) & (graw == 0.0f); }
+QRMS_HD float effective_grad(const Hyper &h, float p, float graw, float gnorm_scale) {
+  const float g = graw * gnorm_scale;
+  return h.weight_decay > 0.0f ? g + h.weight_decay * p : g;
+}
+QRMS_HD float square_avg(const Hyper &h, float s, float g) { return h.alpha * s + (1.0f - h.alpha) * (g * g); }
+
 // One element of SPEC 3. `s` and `b` hold the old square average and
 // momentum on entry and the new ones on return; `u` gets the unscaled
 // update. Returns false when skip_zeros leaves the element untouched (then
@@ -123,10 +131,9 @@ QRMS_HD float grad_in(float graw, float unscale) { return graw * unscale; }
 // the same float32 operation either way.
 QRMS_HD bool rms_element(const Hyper &h, float p, float graw, float gnorm_scale, float &s, float &b,
                          float &u) {
-  const bool skip = (h.skip_zeros != 0) & (graw == 0.0f);
-  float g = graw * gnorm_scale;
-  g = h.weight_decay > 0.0f ? g + h.weight_decay * p : g;
-  const float s_new = h.alpha * s + (1.0f - h.alpha) * (g * g);
+  const bool skip = skipped(h, graw);
+  const float g = effective_grad(h, p, graw, gnorm_scale);
+  const float s_new = square_avg(h, s, g);
   float u_new = g / (sqrtf(s_new) + h.eps);
   const float b_new = h.momentum * b + u_new;
   const bool mom = h.momentum > 0.0f;
@@ -171,29 +178,45 @@ QRMS_HD float clip_scale(const float *hist, const float *sorted_hist, int64_t st
 
 // ---- 8-bit quantization ----------------------------------------------------
 
-// Index of the code nearest to x in the ascending 256-entry map (ties go to
-// the lower code), then the sign rule of SPEC 4: a nonzero value never gets a
-// code of the other sign or zero's sign flipped; it moves one step toward
-// its own sign.
-QRMS_HD uint8_t quantize_nearest(const float *qmap, float x) {
+// Largest index lo < 255 with qmap[lo] <= x, by binary search in the
+// ascending 256-entry map (called for qmap[0] < x < qmap[255] only).
+struct BinarySearch {
+  const float *qmap;
+  QRMS_HD int operator()(float x) const {
+    int lo = 0, hi = 255;          // invariant: qmap[lo] <= x < qmap[hi]
+    while (hi - lo > 1) {
+      const int mid = (lo + hi) >> 1;
+      if (qmap[mid] <= x) lo = mid; else hi = mid;
+    }
+    return lo;
+  }
+};
+
+// Index of the code nearest to x in the ascending 256-entry map, with
+// find_low(x) giving the largest index lo < 255 with qmap[lo] <= x (by
+// binary search, or the CPU's table): the nearest of qmap[lo] and
+// qmap[lo + 1], ties to the lower code; then the sign rule of SPEC 4: a
+// nonzero value never gets a code of the other sign or zero's sign flipped;
+// it moves one step toward its own sign. The tie is arithmetic on a
+// comparison, not a branch (a coin flip for a predictor); this form measured
+// fastest on the CPU (docs/performance.md).
+template <class FindLow>
+QRMS_HD uint8_t nearest_code(const float *qmap, float x, const FindLow &find_low) {
   int c;
   if (!(x > qmap[0])) {          // also catches NaN: store the lowest code
     c = 0;
   } else if (x >= qmap[255]) {
     c = 255;
   } else {
-    int lo = 0, hi = 255;        // invariant: qmap[lo] < x < = qmap[hi] bracket
-    while (hi - lo > 1) {
-      const int mid = (lo + hi) >> 1;
-      if (qmap[mid] <= x) lo = mid; else hi = mid;
-    }
-    c = (x - qmap[lo] <= qmap[hi] - x) ? lo : hi;
+    const int lo = find_low(x);
+    c = lo + int(!(x - qmap[lo] <= qmap[lo + 1] - x));
   }
   const float q = qmap[c];
-  if (x > 0.0f && q < 0.0f && c < 255) ++c;
-  else if (x < 0.0f && q >= 0.0f && c > 0) --c;
+  c += (x > 0.0f && q < 0.0f && c < 255) - (x < 0.0f && q >= 0.0f && c > 0);
   return uint8_t(c);
 }
+
+QRMS_HD uint8_t quantize_nearest(const float *qmap, float x) { return nearest_code(qmap, x, BinarySearch{qmap}); }
 
 // max that keeps NaN (std::max and fmaxf drop it): a NaN in a block makes
 // its absmax NaN, so the whole block reads back as NaN, as 32-bit state
