@@ -145,6 +145,19 @@ struct Partial {
   float max1 = 0, max2 = 0;          // per-tensor 8-bit: max |s_new|, max |b_new|
 };
 
+// max |s[k]| with NaN kept (as math::nan_max), in a loop that vectorises:
+// magnitudes compare as their bit patterns, and every NaN pattern is above
+// infinity's. (Which NaN, when several, may differ from nan_max's; a NaN
+// absmax reads back as NaN either way.)
+float abs_max(const float *s, int64_t len) {
+  uint32_t m = 0;
+  for (int64_t k = 0; k < len; ++k) {
+    const uint32_t b = math::float_bits(s[k]) & 0x7fffffffu;
+    m = b > m ? b : m;
+  }
+  return math::bits_float(m);
+}
+
 // State of one tensor of a given kind, read and written a block at a time.
 // 32-bit state is updated where it lies; 8-bit state goes through a float
 // buffer of one block.
@@ -170,8 +183,7 @@ struct StateIO {
     if (kind == StateKind::Float32) return;
     float a;
     if (kind == StateKind::Blockwise8) {
-      a = 0.0f;
-      for (int64_t k = 0; k < len; ++k) a = math::nan_max(a, std::fabs(s[k]));
+      a = abs_max(s, len);
       scale[blk] = a;
     } else {
       a = scale[1];
@@ -224,7 +236,7 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
                 float uscale, Partial &acc) {
   const math::Hyper h = t.hp;
   const bool mom = h.momentum > 0.0f;
-  const bool norms = h.max_unorm > 0.0f;
+  const bool norms = h.max_unorm > 0.0f;  // the read-only pass also sums squares
   const int64_t nblocks = num_blocks(t.n);
   const int64_t b0 = chunk * kChunkBlocks, b1 = std::min(nblocks, b0 + kChunkBlocks);
   T *param = static_cast<T *>(t.param);
@@ -247,24 +259,26 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
       continue;
     }
     // Read-only pass: the figures a tensor needs before its writing pass.
-    float block_u = 0, block_p = 0, max1 = acc.max1, max2 = acc.max2;
+    // The element math into buffers (a loop that vectorises), then the sums
+    // in element order and the maxima.
+    float p_in[kBlockSize], s_new[kBlockSize], b_new[kBlockSize], u[kBlockSize];
     for (int64_t k = 0; k < len; ++k) {
-      const float pk = load<T>(param, i0 + k), gk = math::grad_in(load<T>(grad, i0 + k), unscale);
-      float sk = s[k], bk = mom ? b[k] : 0.0f, uk = 0.0f;
-      if (norms || mom) {
-        math::rms_element(h, pk, gk, gscale, sk, bk, uk);
-      } else if (!math::skipped(h, gk)) {  // per-tensor 8-bit without momentum: s_new is all it needs
-        sk = math::square_avg(h, sk, math::effective_grad(h, pk, gk, gscale));
-      }
-      block_u += uk * uk;
-      block_p += pk * pk;
-      max1 = math::nan_max(max1, std::fabs(sk));
-      max2 = math::nan_max(max2, std::fabs(bk));
+      p_in[k] = load<T>(param, i0 + k);
+      s_new[k] = s[k];
+      b_new[k] = mom ? b[k] : 0.0f;
+      math::rms_element(h, p_in[k], math::grad_in(load<T>(grad, i0 + k), unscale), gscale, s_new[k], b_new[k], u[k]);
     }
-    acc.max1 = max1;
-    if (mom) acc.max2 = max2;
-    acc.u_sumsq += block_u;
-    acc.p_sumsq += block_p;
+    if (norms) {
+      float block_u = 0, block_p = 0;
+      for (int64_t k = 0; k < len; ++k) {
+        block_u += u[k] * u[k];
+        block_p += p_in[k] * p_in[k];
+      }
+      acc.u_sumsq += block_u;
+      acc.p_sumsq += block_p;
+    }
+    acc.max1 = math::nan_max(acc.max1, abs_max(s_new, len));
+    if (mom) acc.max2 = math::nan_max(acc.max2, abs_max(b_new, len));
   }
 }
 

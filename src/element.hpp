@@ -51,50 +51,41 @@ QRMS_HD float to_float(float x) { return x; }
 
 QRMS_HD float to_float(bf16_t x) { return bits_float(uint32_t(x.bits) << 16); }
 
+// IEEE half -> float, exact. Selects instead of branches so that CPU loops
+// over half tensors vectorise: the exponent is rebased by 112; infinity and
+// NaN get the rest of the way to 255; a subnormal half m * 2^-24 is built as
+// the normal float 2^-14 + m * 2^-24 minus 2^-14 (exact, no float subnormal).
 QRMS_HD float to_float(half_t x) {
   const uint32_t sign = uint32_t(x.bits & 0x8000u) << 16;
-  uint32_t exp = (x.bits >> 10) & 0x1fu;
-  uint32_t mant = x.bits & 0x3ffu;
-  if (exp == 0x1f) return bits_float(sign | 0x7f800000u | (mant << 13));  // inf / nan
-  if (exp == 0) {
-    if (mant == 0) return bits_float(sign);
-    // subnormal half: normalise into a float
-    int e = -1;
-    do { mant <<= 1; ++e; } while ((mant & 0x400u) == 0);
-    return bits_float(sign | uint32_t(127 - 15 - e) << 23 | ((mant & 0x3ffu) << 13));
-  }
-  return bits_float(sign | (exp + 127 - 15) << 23 | (mant << 13));
+  const uint32_t magnitude = uint32_t(x.bits & 0x7fffu) << 13;
+  const uint32_t exp = magnitude & 0x0f800000u;
+  uint32_t o = magnitude + (112u << 23);
+  o = exp == 0x0f800000u ? o + (112u << 23) : o;                       // inf / nan
+  const float f = exp == 0 ? bits_float(o + (1u << 23)) - bits_float(113u << 23) : bits_float(o);
+  return bits_float(float_bits(f) | sign);
 }
 
 // Round-to-nearest-even float -> bfloat16; NaN stays a (quiet) NaN.
 QRMS_HD bf16_t to_bf16(float f) {
-  uint32_t u = float_bits(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16_t{uint16_t((u >> 16) | 0x40u)};
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return bf16_t{uint16_t(u >> 16)};
+  const uint32_t u = float_bits(f);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (u >> 16) | 0x40u;
+  return bf16_t{uint16_t((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded)};
 }
 
-// Round-to-nearest-even float -> IEEE half, with subnormals, overflow to inf.
+// Round-to-nearest-even float -> IEEE half, with subnormals, overflow to inf,
+// NaN to a quiet NaN; selects instead of branches (see to_float). Normal
+// results round by adding a bias to the bits; subnormal ones by a float
+// addition of 0.5, which leaves the 10 half bits at the bottom of the
+// mantissa, rounded to nearest even by the addition itself.
 QRMS_HD half_t to_half(float f) {
   const uint32_t u = float_bits(f);
-  const uint16_t sign = uint16_t((u >> 16) & 0x8000u);
+  const uint32_t sign = (u >> 16) & 0x8000u;
   const uint32_t a = u & 0x7fffffffu;
-  if (a > 0x7f800000u) return half_t{uint16_t(sign | 0x7e00u)};    // nan
-  if (a >= 0x477ff000u) return half_t{uint16_t(sign | 0x7c00u)};   // rounds to inf
-  if (a < 0x38800000u) {                                            // half subnormal or zero
-    if (a < 0x33000000u) return half_t{sign};                       // below half of the smallest
-    const uint32_t e = a >> 23;
-    const uint32_t m = (a & 0x7fffffu) | 0x800000u;
-    const uint32_t shift = 126u - e;                                // 14 + (112 - e)
-    uint32_t h = m >> shift;
-    const uint32_t rem = m & ((1u << shift) - 1u);
-    const uint32_t halfway = 1u << (shift - 1u);
-    if (rem > halfway || (rem == halfway && (h & 1u))) ++h;
-    return half_t{uint16_t(sign | h)};
-  }
-  uint32_t h = ((a >> 13) - (112u << 10));
-  const uint32_t rem = a & 0x1fffu;
-  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) ++h;
+  const uint32_t special = a > 0x7f800000u ? 0x7e00u : 0x7c00u;         // nan, or inf (also on overflow)
+  const uint32_t subnormal = float_bits(bits_float(a) + 0.5f) - 0x3f000000u;
+  const uint32_t normal = (a + 0xc8000fffu + ((a >> 13) & 1u)) >> 13;   // exponent -112, rounding bias
+  const uint32_t h = a >= 0x47800000u ? special : (a < 0x38800000u ? subnormal : normal);
   return half_t{uint16_t(sign | h)};
 }
 
@@ -212,7 +203,8 @@ QRMS_HD uint8_t nearest_code(const float *qmap, float x, const FindLow &find_low
     c = lo + int(!(x - qmap[lo] <= qmap[lo + 1] - x));
   }
   const float q = qmap[c];
-  c += (x > 0.0f && q < 0.0f && c < 255) - (x < 0.0f && q >= 0.0f && c > 0);
+  if ((x < 0.0f) != (q < 0.0f))  // rare; for a coin-flip sign, the tests below would mispredict
+    c += (x > 0.0f && q < 0.0f && c < 255) - (x < 0.0f && q >= 0.0f && c > 0);
   return uint8_t(c);
 }
 
