@@ -103,6 +103,13 @@ int cuda_device_count() noexcept;
 // pointer and in builds without CUDA. Lets the CPU backend refuse GPU memory.
 int cuda_pointer_device(const void *p) noexcept;
 
+// Vector loops of the CPU backend: baseline x86-64 (SSE2) or AVX2, chosen
+// at load time (AVX2 when the CPU has it, unless QRMS_CPU_SIMD=baseline).
+// Results are the same bits either way; tests switch with set_cpu_simd,
+// which returns what is now used (AVX2 only where the CPU has it).
+enum class CpuSimd : int32_t { Baseline = 0, Avx2 = 1 };
+CpuSimd set_cpu_simd(CpuSimd want);
+
 // The CPU backend's thread count (>= 1); n <= 0 restores the default.
 void set_cpu_threads(int n);
 int cpu_threads();

@@ -38,6 +38,28 @@ int default_threads() {
 
 std::atomic<int> g_threads{0};  // 0: not chosen yet
 
+// ---- vector width ------------------------------------------------------------
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define QRMS_CPU_AVX2 1
+#else
+#define QRMS_CPU_AVX2 0
+#endif
+
+// The widest loops this CPU runs; QRMS_CPU_SIMD=baseline in the environment
+// keeps the baseline ones.
+CpuSimd best_simd() {
+  const char *env = std::getenv("QRMS_CPU_SIMD");
+  if (env && std::strcmp(env, "baseline") == 0) return CpuSimd::Baseline;
+#if QRMS_CPU_AVX2
+  __builtin_cpu_init();  // needed when this runs during static initialisation
+  if (__builtin_cpu_supports("avx2")) return CpuSimd::Avx2;
+#endif
+  return CpuSimd::Baseline;
+}
+
+std::atomic<CpuSimd> g_simd{best_simd()};
+
 // Work is cut into chunks of this many 256-blocks (64 Ki elements); a chunk
 // is the unit of threading and of partial reductions.
 constexpr int64_t kChunkBlocks = 256;
@@ -205,8 +227,9 @@ struct StateIO {
 // their parameter bits (the flag is a template argument: a runtime flag in
 // the select keeps GCC from vectorising the loop).
 template <typename T, bool Momentum, bool SkipZeros>
-void update_block(const math::Hyper &hp, T *__restrict p, const T *__restrict g, float *__restrict s,
-                  float *__restrict b, int64_t len, float unscale, float gscale, float uscale) {
+[[gnu::always_inline]] inline void update_loop(const math::Hyper &hp, T *__restrict p, const T *__restrict g,
+                                               float *__restrict s, float *__restrict b, int64_t len, float unscale,
+                                               float gscale, float uscale) {
   const math::Hyper h = hp;  // a local copy: stores to float arrays cannot alias it
   for (int64_t k = 0; k < len; ++k) {
     const T old = p[k];
@@ -219,12 +242,36 @@ void update_block(const math::Hyper &hp, T *__restrict p, const T *__restrict g,
   }
 }
 
+// The loop compiled twice: for baseline x86-64 (SSE2) and, on x86-64, for
+// AVX2 (8 lanes instead of 4; picked at run time when the CPU has it). Both
+// run the same IEEE float operations (no FMA: -ffp-contract=off), so they
+// give the same bits; the tests run both.
+template <typename T, bool Momentum, bool SkipZeros>
+void update_block_base(const math::Hyper &h, T *p, const T *g, float *s, float *b, int64_t len, float unscale,
+                       float gscale, float uscale) {
+  update_loop<T, Momentum, SkipZeros>(h, p, g, s, b, len, unscale, gscale, uscale);
+}
+
+#if QRMS_CPU_AVX2
+template <typename T, bool Momentum, bool SkipZeros>
+[[gnu::target("avx2")]] void update_block_avx2(const math::Hyper &h, T *p, const T *g, float *s, float *b,
+                                               int64_t len, float unscale, float gscale, float uscale) {
+  update_loop<T, Momentum, SkipZeros>(h, p, g, s, b, len, unscale, gscale, uscale);
+}
+#endif
+
 template <typename T>
 void update_block(const math::Hyper &h, T *p, const T *g, float *s, float *b, int64_t len, float unscale,
                   float gscale, float uscale) {
+  using Fn = void (*)(const math::Hyper &, T *, const T *, float *, float *, int64_t, float, float, float);
   const bool mom = h.momentum > 0.0f, skip = h.skip_zeros != 0;
-  auto run = mom ? (skip ? update_block<T, true, true> : update_block<T, true, false>)
-                 : (skip ? update_block<T, false, true> : update_block<T, false, false>);
+  Fn run = mom ? (skip ? update_block_base<T, true, true> : update_block_base<T, true, false>)
+               : (skip ? update_block_base<T, false, true> : update_block_base<T, false, false>);
+#if QRMS_CPU_AVX2
+  if (g_simd.load(std::memory_order_relaxed) == CpuSimd::Avx2)
+    run = mom ? (skip ? update_block_avx2<T, true, true> : update_block_avx2<T, true, false>)
+              : (skip ? update_block_avx2<T, false, true> : update_block_avx2<T, false, false>);
+#endif
   run(h, p, g, s, b, len, unscale, gscale, uscale);
 }
 
@@ -465,6 +512,13 @@ class CpuBackend final : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+
+CpuSimd set_cpu_simd(CpuSimd want) {
+  const CpuSimd best = best_simd();
+  const CpuSimd got = want == CpuSimd::Avx2 && best != CpuSimd::Avx2 ? CpuSimd::Baseline : want;
+  g_simd.store(got);
+  return got;
+}
 
 void set_cpu_threads(int n) { g_threads.store(n > 0 ? n : default_threads()); }
 

@@ -1,0 +1,101 @@
+// The CPU backend's baseline (SSE2) and AVX2 loops give the same bits for
+// every state kind, dtype and option. (The rest of the suite runs with the
+// loops the machine picks; ctest also runs the C ABI suite with
+// QRMS_CPU_SIMD=baseline.)
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <vector>
+
+#include "core.hpp"
+#include "qrmsprop/qrmsprop.hpp"
+
+namespace {
+
+using namespace qrms;
+using core::CpuSimd;
+using core::StateKind;
+
+struct Buffers {
+  std::vector<uint8_t> param, s, b;
+  std::vector<float> s_scale, b_scale, unorm = std::vector<float>(2, 0.0f);
+  int64_t step = 0;
+};
+
+// Three steps of one tensor with the given loops; everything the steps write.
+Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, int64_t n) {
+  REQUIRE(core::set_cpu_simd(simd) == simd);
+  const size_t esize = dtype == Dtype::Float32 ? 4 : 2;
+  const bool is8 = kind != StateKind::Float32, mom = hp.momentum > 0.0f;
+  Buffers out;
+  out.param.resize(size_t(n) * esize);
+  std::vector<uint8_t> grad(size_t(n) * esize);
+  uint32_t r = 12345;
+  auto next = [&] { r = r * 1664525u + 1013904223u; return float(r >> 8) / float(1u << 24) - 0.5f; };
+  for (int64_t i = 0; i < n; ++i) {
+    const float p = next(), g = (i % 7 == 0) ? 0.0f : next() * 0.1f;  // zeros for skip_zeros
+    if (dtype == Dtype::Float32) {
+      std::memcpy(&out.param[size_t(i) * 4], &p, 4);
+      std::memcpy(&grad[size_t(i) * 4], &g, 4);
+    } else {
+      const uint16_t pb = dtype == Dtype::Float16 ? math::to_half(p).bits : math::to_bf16(p).bits;
+      const uint16_t gb = dtype == Dtype::Float16 ? math::to_half(g).bits : math::to_bf16(g).bits;
+      std::memcpy(&out.param[size_t(i) * 2], &pb, 2);
+      std::memcpy(&grad[size_t(i) * 2], &gb, 2);
+    }
+  }
+  const size_t state_bytes = is8 ? size_t(n) : size_t(n) * 4;
+  const size_t scales = kind == StateKind::Blockwise8 ? size_t(core::num_blocks(n)) : 2;
+  out.s.assign(state_bytes, 0);
+  out.s_scale.assign(scales, 0.0f);
+  if (mom) {
+    out.b.assign(state_bytes, 0);
+    out.b_scale.assign(scales, 0.0f);
+  }
+  const std::vector<float> qs = dynamic_map(true), qu = dynamic_map(false);
+  core::TensorUpdate t;
+  t.param = out.param.data();
+  t.grad = grad.data();
+  t.n = n;
+  t.state1 = out.s.data();
+  t.state2 = mom ? out.b.data() : nullptr;
+  t.scale1 = is8 ? out.s_scale.data() : nullptr;
+  t.scale2 = is8 && mom ? out.b_scale.data() : nullptr;
+  t.unorm = out.unorm.data();
+  t.step = &out.step;
+  t.hp = hp;
+  auto backend = core::make_cpu_backend();
+  for (int k = 0; k < 3; ++k) backend->update(kind, dtype, &t, 1, qs.data(), core::StepControl{}, nullptr);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("baseline and AVX2 loops give the same bits", "[simd]") {
+  if (core::set_cpu_simd(CpuSimd::Avx2) != CpuSimd::Avx2) {
+    WARN("this CPU has no AVX2: only the baseline loops exist here, nothing to compare");
+    core::set_cpu_simd(CpuSimd::Baseline);
+    return;
+  }
+  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8);
+  const Dtype dtype = GENERATE(Dtype::Float32, Dtype::Float16, Dtype::BFloat16);
+  const int option = GENERATE(0, 1, 2, 3);  // plain, momentum, skip_zeros + weight decay, max_unorm + momentum
+  math::Hyper hp{1e-3f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0};
+  if (option == 1 || option == 3) hp.momentum = 0.9f;
+  if (option == 2) {
+    hp.skip_zeros = 1;
+    hp.weight_decay = 0.01f;
+  }
+  if (option == 3) hp.max_unorm = 0.5f;
+  const int64_t n = 70001;  // several chunks, a partial block and odd vector tails
+  CAPTURE(int(kind), int(dtype), option);
+  const Buffers base = run(CpuSimd::Baseline, kind, dtype, hp, n);
+  const Buffers wide = run(CpuSimd::Avx2, kind, dtype, hp, n);
+  CHECK(base.param == wide.param);
+  CHECK(base.s == wide.s);
+  CHECK(base.b == wide.b);
+  CHECK(base.s_scale == wide.s_scale);
+  CHECK(base.b_scale == wide.b_scale);
+  CHECK(base.step == 3);
+  core::set_cpu_simd(CpuSimd::Avx2);
+}
