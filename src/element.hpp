@@ -106,13 +106,8 @@ struct Hyper {
 // (loss scaling; 1 when none is set, which leaves every value as it is).
 QRMS_HD float grad_in(float graw, float unscale) { return graw * unscale; }
 
-// The parts of one element's update, for passes that need only s_new.
+// Whether skip_zeros leaves this element untouched.
 QRMS_HD bool skipped(const Hyper &h, float graw) { return (h.skip_zeros != 0) & (graw == 0.0f); }
-QRMS_HD float effective_grad(const Hyper &h, float p, float graw, float gnorm_scale) {
-  const float g = graw * gnorm_scale;
-  return h.weight_decay > 0.0f ? g + h.weight_decay * p : g;
-}
-QRMS_HD float square_avg(const Hyper &h, float s, float g) { return h.alpha * s + (1.0f - h.alpha) * (g * g); }
 
 // One element of SPEC 3. `s` and `b` hold the old square average and
 // momentum on entry and the new ones on return; `u` gets the unscaled
@@ -123,8 +118,9 @@ QRMS_HD float square_avg(const Hyper &h, float s, float g) { return h.alpha * s 
 QRMS_HD bool rms_element(const Hyper &h, float p, float graw, float gnorm_scale, float &s, float &b,
                          float &u) {
   const bool skip = skipped(h, graw);
-  const float g = effective_grad(h, p, graw, gnorm_scale);
-  const float s_new = square_avg(h, s, g);
+  float g = graw * gnorm_scale;
+  g = h.weight_decay > 0.0f ? g + h.weight_decay * p : g;
+  const float s_new = h.alpha * s + (1.0f - h.alpha) * (g * g);
   float u_new = g / (sqrtf(s_new) + h.eps);
   const float b_new = h.momentum * b + u_new;
   const bool mom = h.momentum > 0.0f;
