@@ -27,13 +27,10 @@ uint64_t count_mismatches(const QuantTable &table, const std::vector<float> &q, 
     bad += table.nearest(x) != quantize_nearest(q.data(), x);
   }
   for (size_t i = 0; i + 1 < q.size(); ++i) {
-    const float mid = q[i] + (q[i + 1] - q[i]) / 2.0f;
-    float x = mid;
+    bad += table.nearest(q[i]) != quantize_nearest(q.data(), q[i]);
+    float x = q[i] + (q[i + 1] - q[i]) / 2.0f;
     for (int k = 0; k < 4; ++k) x = std::nextafter(x, -INFINITY);
-    for (int k = 0; k < 9; ++k, x = std::nextafter(x, INFINITY)) {
-      bad += table.nearest(x) != quantize_nearest(q.data(), x);
-      bad += table.nearest(q[i]) != quantize_nearest(q.data(), q[i]);
-    }
+    for (int k = 0; k < 9; ++k, x = std::nextafter(x, INFINITY)) bad += table.nearest(x) != quantize_nearest(q.data(), x);
   }
   return bad;
 }
