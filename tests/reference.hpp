@@ -1,5 +1,5 @@
-// A plain scalar reference of torch.optim.RMSprop (centered=False) and of
-// the 8-bit quantizer, written from SPEC sections 3-4 without the library's
+// A plain scalar reference of torch.optim.RMSprop (centered=False), of
+// the 8-bit quantizer and of the state blob's checksum, written from SPEC sections 3-4 without the library's
 // code: no src/ header is included here. 16-bit rounding is done in double
 // arithmetic (frexp / nearbyint / ldexp), a different technique from the
 // library's bit manipulation, so the two check each other.
@@ -290,6 +290,18 @@ inline Quantized quantize(const float *qmap, const std::vector<float> &v, int64_
     q.codes[static_cast<size_t>(i)] = static_cast<uint8_t>(a > 0.0f ? nearest_code(qmap, x / a) : zero);
   }
   return q;
+}
+
+// ---- the saved state (docs/state-format.md) -----------------------------------
+
+// The blob's checksum: FNV-1a 64 over every byte before it.
+inline uint64_t fnv1a(const uint8_t *p, size_t n) {
+  uint64_t h = 14695981039346656037ull;
+  for (size_t i = 0; i < n; ++i) {
+    h ^= p[i];
+    h *= 1099511628211ull;
+  }
+  return h;
 }
 
 }  // namespace qref

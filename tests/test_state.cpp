@@ -339,19 +339,9 @@ TEST_CASE("blobs of other optimizers are refused and change nothing", "[state]")
 
 namespace {
 
-// FNV-1a 64 as docs/state-format.md gives it.
-uint64_t fnv1a(const uint8_t *p, size_t n) {
-  uint64_t h = 14695981039346656037ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 // Rewrites the checksum so that only the content checks can refuse the blob.
 void reseal(std::vector<uint8_t> &b) {
-  const uint64_t h = fnv1a(b.data(), b.size() - 8);
+  const uint64_t h = qref::fnv1a(b.data(), b.size() - 8);
   std::memcpy(b.data() + b.size() - 8, &h, 8);
 }
 
@@ -391,7 +381,7 @@ TEST_CASE("the blob follows docs/state-format.md", "[state]") {
   CHECK(peek<int32_t>(blob, kPct) == 10);
   CHECK(peek<uint64_t>(blob, kBuffers) == 300u);  // the codes of s
   CHECK(peek<uint64_t>(blob, kBuffers + 8 + 300) == 8u);  // two absmax
-  CHECK(peek<uint64_t>(blob, blob.size() - 8) == fnv1a(blob.data(), blob.size() - 8));
+  CHECK(peek<uint64_t>(blob, blob.size() - 8) == qref::fnv1a(blob.data(), blob.size() - 8));
 }
 
 TEST_CASE("blobs with a valid checksum but bad content are refused and change nothing", "[state]") {

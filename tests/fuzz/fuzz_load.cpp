@@ -11,18 +11,10 @@
 #include <cstring>
 #include <vector>
 
+#include "../reference.hpp"
 #include "qrmsprop/qrmsprop.h"
 
 namespace {
-
-uint64_t fnv1a(const uint8_t *p, size_t n) {
-  uint64_t h = 14695981039346656037ull;
-  for (size_t i = 0; i < n; ++i) {
-    h ^= p[i];
-    h *= 1099511628211ull;
-  }
-  return h;
-}
 
 void check(bool ok) {
   if (!ok) std::abort();
@@ -93,7 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   try_load(f, data, size);
   if (size >= 8) {
     std::vector<uint8_t> fixed(data, data + size);
-    const uint64_t sum = fnv1a(fixed.data(), size - 8);
+    const uint64_t sum = qref::fnv1a(fixed.data(), size - 8);
     std::memcpy(fixed.data() + size - 8, &sum, 8);
     try_load(f, fixed.data(), fixed.size());
   }
