@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -76,6 +77,39 @@ inline std::vector<std::string> split(const std::string &s) {
   std::stringstream ss(s);
   std::string item;
   while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+// The variants and dtypes named (as variant_name and dtype_name spell them)
+// in a comma-separated command-line value; the first name that is neither
+// goes to `unknown`.
+inline std::vector<Variant> variants_named(const std::string &value, std::string &unknown) {
+  std::vector<Variant> out;
+  for (const std::string &s : split(value)) {
+    bool found = false;
+    for (Variant v : {Variant::Bits32, Variant::Blockwise8, Variant::Tensor8}) {
+      if (s == variant_name(v)) {
+        out.push_back(v);
+        found = true;
+      }
+    }
+    if (!found && unknown.empty()) unknown = s;
+  }
+  return out;
+}
+
+inline std::vector<qrms_dtype_t> dtypes_named(const std::string &value, std::string &unknown) {
+  std::vector<qrms_dtype_t> out;
+  for (const std::string &s : split(value)) {
+    bool found = false;
+    for (qrms_dtype_t d : {QRMS_FLOAT32, QRMS_BFLOAT16, QRMS_FLOAT16}) {
+      if (s == dtype_name(d)) {
+        out.push_back(d);
+        found = true;
+      }
+    }
+    if (!found && unknown.empty()) unknown = s;
+  }
   return out;
 }
 

@@ -238,21 +238,13 @@ Options parse(int argc, char **argv) {
         o.models.push_back(s);
       }
     } else if (a == "--variant") {
-      o.variants.clear();
-      for (const std::string &s : split(value())) {
-        if (s == "32bit") o.variants.push_back(Variant::Bits32);
-        else if (s == "8bit_blockwise") o.variants.push_back(Variant::Blockwise8);
-        else if (s == "8bit_tensor") o.variants.push_back(Variant::Tensor8);
-        else fail("unknown variant " + s);
-      }
+      std::string unknown;
+      o.variants = variants_named(value(), unknown);
+      if (!unknown.empty()) fail("unknown variant " + unknown);
     } else if (a == "--dtype") {
-      o.dtypes.clear();
-      for (const std::string &s : split(value())) {
-        if (s == "f32") o.dtypes.push_back(QRMS_FLOAT32);
-        else if (s == "bf16") o.dtypes.push_back(QRMS_BFLOAT16);
-        else if (s == "f16") o.dtypes.push_back(QRMS_FLOAT16);
-        else fail("unknown dtype " + s);
-      }
+      std::string unknown;
+      o.dtypes = dtypes_named(value(), unknown);
+      if (!unknown.empty()) fail("unknown dtype " + unknown);
     } else if (a == "--momentum") {
       o.momenta.clear();
       for (const std::string &s : split(value())) o.momenta.push_back(std::atoi(s.c_str()) != 0);
