@@ -41,11 +41,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 LR, ALPHA, EPS = 1e-4, 0.99, 1e-8
 
-QRMS_SUCCESS = 0
-QRMS_ERROR_OUT_OF_MEMORY = 4
-QRMS_FLOAT32, QRMS_FLOAT16, QRMS_BFLOAT16 = 0, 1, 2
-QRMS_DEVICE_CUDA = 1
-QRMS_RMSPROP_8BIT, QRMS_RMSPROP_32BIT = 1, 2
+# qrmsprop's own Python binding declares the C ABI (ctypes only, nothing to
+# build or install); this script calls the raw C functions through it.
+sys.path.insert(0, os.path.join(REPO, "bindings", "python", "src"))
+from qrmsprop import _lib as qlib  # noqa: E402
 
 
 def emit(**fields):
@@ -53,26 +52,6 @@ def emit(**fields):
 
 
 # ---- qrmsprop through ctypes -------------------------------------------------
-
-
-class QrmsConfig(ctypes.Structure):
-    """struct qrms_config of include/qrmsprop/qrmsprop.h (first published layout)."""
-
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("lr", ctypes.c_float),
-        ("alpha", ctypes.c_float),
-        ("eps", ctypes.c_float),
-        ("weight_decay", ctypes.c_float),
-        ("momentum", ctypes.c_float),
-        ("centered", ctypes.c_int32),
-        ("optim_bits", ctypes.c_int32),
-        ("min_8bit_size", ctypes.c_int64),
-        ("percentile_clipping", ctypes.c_int32),
-        ("block_wise", ctypes.c_int32),
-        ("max_unorm", ctypes.c_float),
-        ("skip_zeros", ctypes.c_int32),
-    ]
 
 
 def find_lib(explicit):
@@ -95,30 +74,12 @@ def find_lib(explicit):
 
 class Qrms:
     def __init__(self, path):
-        lib = ctypes.CDLL(path)
-        vp, i32, i64 = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
-        lib.qrms_version.restype = ctypes.c_uint32
-        lib.qrms_status_string.restype = ctypes.c_char_p
-        lib.qrms_status_string.argtypes = [i32]
-        lib.qrms_last_error.restype = ctypes.c_char_p
-        lib.qrms_cuda_device_count.restype = i32
-        lib.qrms_config_init.argtypes = [ctypes.POINTER(QrmsConfig)]
-        lib.qrms_config_init.restype = None
-        lib.qrms_optimizer_create.argtypes = [ctypes.POINTER(vp), i32, ctypes.POINTER(QrmsConfig), i32, i32]
-        lib.qrms_optimizer_create.restype = i32
-        lib.qrms_optimizer_destroy.argtypes = [vp]
-        lib.qrms_optimizer_destroy.restype = None
-        lib.qrms_optimizer_add_param.argtypes = [vp, vp, vp, i32, i64, ctypes.POINTER(i64)]
-        lib.qrms_optimizer_add_param.restype = i32
-        lib.qrms_optimizer_step.argtypes = [vp, vp]
-        lib.qrms_optimizer_step.restype = i32
-        lib.qrms_optimizer_state_bytes.argtypes = [vp, ctypes.POINTER(i64)]
-        lib.qrms_optimizer_state_bytes.restype = i32
-        self.lib = lib
+        os.environ["QRMS_LIBRARY"] = path  # the binding loads exactly this file
+        self.lib = qlib.load_library()
         self.path = path
 
     def check(self, status, what):
-        if status != QRMS_SUCCESS:
+        if status != qlib.SUCCESS:
             raise RuntimeError(
                 "%s: %s: %s" % (what, self.lib.qrms_status_string(status).decode(),
                                 self.lib.qrms_last_error().decode())
@@ -133,16 +94,14 @@ class QrmsOptimizer:
 
         self.q = qrms
         self.handle = ctypes.c_void_p()
-        cfg = QrmsConfig()
-        qrms.lib.qrms_config_init(ctypes.byref(cfg))
-        cfg.struct_size = ctypes.sizeof(QrmsConfig)
+        cfg = qlib.init_struct(qlib.qrms_config)  # defaults, struct_size the library accepts
         cfg.lr, cfg.alpha, cfg.eps = LR, ALPHA, EPS
         cfg.block_wise = 1 if block_wise else 0
-        variant = QRMS_RMSPROP_8BIT if bits == 8 else QRMS_RMSPROP_32BIT
+        variant = qlib.RMSPROP_8BIT if bits == 8 else qlib.RMSPROP_32BIT
         dev = params[0].device.index or 0
         qrms.check(qrms.lib.qrms_optimizer_create(ctypes.byref(self.handle), variant, ctypes.byref(cfg),
-                                                  QRMS_DEVICE_CUDA, dev), "qrms_optimizer_create")
-        dtypes = {torch.float32: QRMS_FLOAT32, torch.float16: QRMS_FLOAT16, torch.bfloat16: QRMS_BFLOAT16}
+                                                  qlib.DEVICE_CUDA, dev), "qrms_optimizer_create")
+        dtypes = {torch.float32: qlib.FLOAT32, torch.float16: qlib.FLOAT16, torch.bfloat16: qlib.BFLOAT16}
         try:
             for p in params:
                 assert p.is_cuda and p.is_contiguous() and p.grad is not None and p.grad.is_contiguous()
