@@ -41,6 +41,20 @@ inline qrms_config config(float lr = 1e-2f) {
   return c;
 }
 
+// The core entry points' hyper-parameters with the values of config c.
+inline qrms_update_params update_params_of(const qrms_config &c) {
+  qrms_update_params hp;
+  qrms_update_params_init(&hp);
+  hp.lr = c.lr;
+  hp.alpha = c.alpha;
+  hp.eps = c.eps;
+  hp.weight_decay = c.weight_decay;
+  hp.momentum = c.momentum;
+  hp.max_unorm = c.max_unorm;
+  hp.skip_zeros = c.skip_zeros;
+  return hp;
+}
+
 class COpt {
  public:
   COpt(qrms_variant_t variant, const qrms_config &cfg) {

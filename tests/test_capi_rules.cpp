@@ -123,14 +123,7 @@ TEST_CASE("C ABI: the core updates apply the same rules and change nothing", "[c
     INFO("rule: " << r.name);
     qrms_config c = qtest::config();
     r.set(c);
-    qrms_update_params hp;
-    qrms_update_params_init(&hp);
-    hp.lr = c.lr;
-    hp.alpha = c.alpha;
-    hp.eps = c.eps;
-    hp.weight_decay = c.weight_decay;
-    hp.momentum = c.momentum;
-    hp.max_unorm = c.max_unorm;
+    const qrms_update_params hp = qtest::update_params_of(c);
     // Buffers consistent with the (invalid) values, so that the rule is what fails.
     const bool mom = hp.momentum != 0.0f, un = hp.max_unorm != 0.0f;
     std::vector<float> p(n, 1.0f), g(n, 0.5f), s(n, 0.25f), b(n, 0.125f), unorm(2, 0.0f);

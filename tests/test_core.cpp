@@ -218,15 +218,7 @@ TEST_CASE("core entry points reproduce the optimizer bit for bit", "[core]") {
   c.block_wise = kind == Kind::Tensor8 ? 0 : 1;
   qtest::COpt opt(QRMS_RMSPROP, c);
 
-  qrms_update_params hp;
-  qrms_update_params_init(&hp);
-  hp.lr = c.lr;
-  hp.alpha = c.alpha;
-  hp.eps = c.eps;
-  hp.weight_decay = c.weight_decay;
-  hp.momentum = c.momentum;
-  hp.max_unorm = c.max_unorm;
-  hp.skip_zeros = c.skip_zeros;
+  const qrms_update_params hp = qtest::update_params_of(c);
 
   std::mt19937 rng(21);
   qref::Tensor p_opt(dt, n), p_core(dt, n), g(dt, n);
