@@ -55,6 +55,19 @@ inline qrms_update_params update_params_of(const qrms_config &c) {
   return hp;
 }
 
+// The reference's hyper-parameters for update params hp.
+inline qref::Hyper hyper_of(const qrms_update_params &hp) {
+  qref::Hyper h;
+  h.lr = hp.lr;
+  h.alpha = hp.alpha;
+  h.eps = hp.eps;
+  h.weight_decay = hp.weight_decay;
+  h.momentum = hp.momentum;
+  h.max_unorm = hp.max_unorm;
+  h.skip_zeros = hp.skip_zeros != 0;
+  return h;
+}
+
 class COpt {
  public:
   COpt(qrms_variant_t variant, const qrms_config &cfg) {

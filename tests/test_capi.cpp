@@ -19,14 +19,7 @@ using qtest::Trainee;
 namespace {
 
 qref::Hyper hyper_of(const qrms_config &c) {
-  qref::Hyper h;
-  h.lr = c.lr;
-  h.alpha = c.alpha;
-  h.eps = c.eps;
-  h.weight_decay = c.weight_decay;
-  h.momentum = c.momentum;
-  h.max_unorm = c.max_unorm;
-  h.skip_zeros = c.skip_zeros != 0;
+  qref::Hyper h = qtest::hyper_of(qtest::update_params_of(c));
   h.percentile = c.percentile_clipping;
   return h;
 }

@@ -76,18 +76,6 @@ struct CoreState {
   }
 };
 
-qref::Hyper hyper_of(const qrms_update_params &hp) {
-  qref::Hyper h;
-  h.lr = hp.lr;
-  h.alpha = hp.alpha;
-  h.eps = hp.eps;
-  h.weight_decay = hp.weight_decay;
-  h.momentum = hp.momentum;
-  h.max_unorm = hp.max_unorm;
-  h.skip_zeros = hp.skip_zeros != 0;
-  return h;
-}
-
 // Codes and scales of an 8-bit state against the reference quantizer of the
 // reference's new state.
 void check_codes(const char *what, const std::vector<float> &q, Kind kind, const std::vector<uint8_t> &codes,
@@ -145,7 +133,7 @@ TEST_CASE("core updates on raw pointers match the reference", "[core]") {
   std::mt19937 rng(static_cast<uint32_t>(opt_case * 100 + static_cast<int>(dt) * 10 + static_cast<int>(kind)));
   qref::Tensor p(dt, n), g(dt, n);
   qtest::fill_normal(p, rng, 1.0f);
-  const qref::Hyper h = hyper_of(hp);
+  const qref::Hyper h = qtest::hyper_of(hp);
   int scaled = 0;
   for (int k = 0; k < 4; ++k) {
     INFO("step " << k + 1);
