@@ -211,12 +211,10 @@ struct StateIO {
       a = scale[1];
     }
     uint8_t *codes = static_cast<uint8_t *>(state) + i0;
-    if (!(a > 0.0f)) {
-      std::memset(codes, zero, static_cast<size_t>(len));
-    } else if (table) {
-      for (int64_t k = 0; k < len; ++k) codes[k] = table->nearest(s[k] / a);
+    if (table) {
+      for (int64_t k = 0; k < len; ++k) codes[k] = math::quantize_scaled(qmap, s[k], a, zero, *table);
     } else {
-      for (int64_t k = 0; k < len; ++k) codes[k] = math::quantize_nearest(qmap, s[k] / a);
+      for (int64_t k = 0; k < len; ++k) codes[k] = math::quantize_scaled(qmap, s[k], a, zero);
     }
   }
 };

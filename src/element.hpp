@@ -216,9 +216,14 @@ QRMS_HD float nan_max(float a, float b) {
 }
 
 // Code for value v in a block (or tensor) of scale `absmax`; a zero scale
-// stores the code of 0.0.
+// stores the code of 0.0. find_low as for nearest_code (by default the
+// binary search).
+template <class FindLow>
+QRMS_HD uint8_t quantize_scaled(const float *qmap, float v, float absmax, uint8_t zero_code, const FindLow &find_low) {
+  return absmax > 0.0f ? nearest_code(qmap, v / absmax, find_low) : zero_code;
+}
 QRMS_HD uint8_t quantize_scaled(const float *qmap, float v, float absmax, uint8_t zero_code) {
-  return absmax > 0.0f ? quantize_nearest(qmap, v / absmax) : zero_code;
+  return quantize_scaled(qmap, v, absmax, zero_code, BinarySearch{qmap});
 }
 
 QRMS_HD float dequantize(const float *qmap, uint8_t code, float absmax) { return qmap[code] * absmax; }
