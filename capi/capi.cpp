@@ -52,6 +52,20 @@ qrms::Dtype to_dtype(qrms_dtype_t d) {
   return static_cast<qrms::Dtype>(d);
 }
 
+// Most CPU threads qrms_set_num_threads accepts (a larger n is a bug in the
+// caller, not a machine).
+constexpr int32_t kMaxThreads = 1024;
+
+// ---- structs the library writes into ------------------------------------------
+// qrms_config_init writes the first published qrms_config; the _sized form
+// writes at most the caller's size. qrms_update_params_init writes
+// sizeof(qrms_update_params): should that struct grow, it needs an _init_sized
+// and a header macro as qrms_config has, so its size is pinned here.
+static_assert(qrms::core::kConfigV1Size == 64, "the first published qrms_config is 64 bytes (LP64)");
+static_assert(sizeof(qrms_config) == 72, "qrms_config grew: update the ABI baseline on purpose (docs/abi.md)");
+static_assert(sizeof(qrms_update_params) == 40,
+              "qrms_update_params_init writes sizeof(qrms_update_params): a larger struct overruns old callers");
+
 // ---- the core entry points ---------------------------------------------------
 
 // The first published qrms_update_params ends with skip_zeros.
@@ -154,13 +168,20 @@ const char *qrms_last_error(void) { return t_last_error.c_str(); }
 int32_t qrms_cuda_device_count(void) { return qrms::core::cuda_device_count(); }
 
 qrms_status_t qrms_set_num_threads(int32_t n) {
-  return guarded("qrms_set_num_threads", [&] { qrms::core::set_cpu_threads(n); });
+  return guarded("qrms_set_num_threads", [&] {
+    require(n <= kMaxThreads, "n " + std::to_string(n) + " is more than " + std::to_string(kMaxThreads) +
+                                  " threads (n <= 0 restores the default)");
+    qrms::core::set_cpu_threads(n);
+  });
 }
 
 int32_t qrms_get_num_threads(void) { return qrms::core::cpu_threads(); }
 
-void qrms_config_init(qrms_config *cfg) {
-  if (cfg) *cfg = qrms::config_to_c(qrms::Config{});
+// Parenthesised: the header's qrms_config_init macro must not expand here.
+// Old binaries and FFI callers reach this function; their struct may be the
+// first published one, so it writes exactly that.
+void(qrms_config_init)(qrms_config *cfg) {
+  if (cfg) (void)qrms_config_init_sized(cfg, qrms::core::kConfigV1Size);
 }
 
 qrms_status_t qrms_config_init_sized(qrms_config *cfg, size_t size) {

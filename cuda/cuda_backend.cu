@@ -144,7 +144,7 @@ class CudaBackend final : public Backend {
     if (err == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
       throw OutOfMemoryError("out of memory on CUDA device " + std::to_string(device_) + " allocating " +
-                             std::to_string(bytes) + " bytes of state");
+                             core::counted(bytes, "byte") + " of state");
     }
     check(err, "cudaMalloc");
     // Zero it and wait, so that work on any stream (also non-blocking ones)
@@ -470,8 +470,8 @@ std::unique_ptr<Backend> make_cuda_backend(int device_index) {
     if (e != cudaSuccess) throw_cuda(e, "cannot get the current CUDA device");
   }
   if (device_index < 0 || device_index >= n)
-    throw DeviceError("CUDA device index " + std::to_string(device_index) + " is out of range: " + std::to_string(n) +
-                      " device(s) present");
+    throw DeviceError("CUDA device index " + std::to_string(device_index) + " is out of range: " + core::counted(n, "device") +
+                      " present");
   return std::make_unique<CudaBackend>(device_index);
 }
 

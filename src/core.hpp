@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "element.hpp"
 #include "qrmsprop/qrmsprop.hpp"
@@ -117,6 +118,9 @@ int cpu_threads();
 // Size of the first published qrms_config (it ends with skip_zeros): the
 // smallest struct_size accepted.
 constexpr size_t kConfigV1Size = offsetof(qrms_config, skip_zeros) + sizeof(int32_t);
+
+// "1 parameter", "2 parameters": the one way messages state a count.
+std::string counted(int64_t n, const char *noun);
 
 // Number of 256-element blocks of an n-element tensor.
 inline int64_t num_blocks(int64_t n) { return (n + math::kBlockSize - 1) / math::kBlockSize; }

@@ -438,7 +438,7 @@ class CpuBackend final : public Backend {
 
   void *alloc(size_t bytes) override {
     void *p = std::calloc(bytes ? bytes : 1, 1);
-    if (!p) throw OutOfMemoryError("out of host memory allocating " + std::to_string(bytes) + " bytes of state");
+    if (!p) throw OutOfMemoryError("out of host memory allocating " + core::counted(bytes, "byte") + " of state");
     return p;
   }
   void free(void *p) noexcept override { std::free(p); }

@@ -61,7 +61,7 @@ int64_t StateBuffers::bytes() const {
 ParamEntry &Optimizer1State::Impl::at(int64_t index) {
   if (index < 0 || index >= static_cast<int64_t>(params.size()))
     throw ValueError("parameter index " + std::to_string(index) + " out of range (the optimizer has " +
-                     std::to_string(params.size()) + " parameters)");
+                     core::counted(params.size(), "parameter") + ")");
   return params[static_cast<size_t>(index)];
 }
 

@@ -141,10 +141,10 @@ size_t save_state(const Optimizer1State::Impl &impl, void *buffer, size_t capaci
     if (pass == 0) {
       needed = w.size() + kChecksumBytes;
       if (buffer == nullptr && capacity == 0) return needed;
-      if (buffer == nullptr) throw ValueError("save: buffer is NULL but capacity is not 0");
+      if (buffer == nullptr) throw ValueError("buffer is NULL but capacity is not 0");
       if (capacity < needed)
-        throw ValueError("save: capacity " + std::to_string(capacity) + " is smaller than the " +
-                         std::to_string(needed) + " bytes needed (call with NULL, 0 to get the size)");
+        throw ValueError("capacity " + std::to_string(capacity) + " is smaller than the " +
+                         core::counted(needed, "byte") + " needed (call with NULL, 0 to get the size)");
     } else {
       w.put(checksum(out, w.size()));
     }
@@ -153,9 +153,9 @@ size_t save_state(const Optimizer1State::Impl &impl, void *buffer, size_t capaci
 }
 
 void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
-  if (buffer == nullptr) throw ValueError("load: buffer is NULL");
+  if (buffer == nullptr) throw ValueError("buffer is NULL");
   const uint8_t *p = static_cast<const uint8_t *>(buffer);
-  if (size < kHeaderBytes + kChecksumBytes) throw BadStateError("state blob is truncated (" + std::to_string(size) + " bytes)");
+  if (size < kHeaderBytes + kChecksumBytes) throw BadStateError("state blob is truncated (" + core::counted(size, "byte") + ")");
   if (std::memcmp(p, kMagic, sizeof(kMagic)) != 0) throw BadStateError("not a qrmsprop state blob (bad magic)");
   uint32_t mark, version;
   std::memcpy(&mark, p + 8, 4);
@@ -171,7 +171,7 @@ void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
   Reader r(p + kCountOffset, size - kChecksumBytes - kCountOffset);
   const uint64_t count = r.get<uint64_t>("parameter count");
   if (count != impl.params.size())
-    throw BadStateError("state blob has " + std::to_string(count) + " parameters; the optimizer has " +
+    throw BadStateError("state blob has " + core::counted(count, "parameter") + "; the optimizer has " +
                         std::to_string(impl.params.size()));
   std::vector<Record> records(static_cast<size_t>(count));
   for (size_t i = 0; i < records.size(); ++i) {
@@ -185,7 +185,7 @@ void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
     rec.step = r.get<int64_t>("step");
     rec.cfg = get_config(r);
     if (n != e.n)
-      throw BadStateError(which + ": blob has " + std::to_string(n) + " elements, the optimizer " + std::to_string(e.n));
+      throw BadStateError(which + ": blob has " + core::counted(n, "element") + ", the optimizer " + std::to_string(e.n));
     if (dtype != static_cast<int32_t>(e.dtype)) throw BadStateError(which + ": dtype differs from the optimizer's");
     if (rec.step < 0) throw BadStateError(which + ": negative step count");
     try {

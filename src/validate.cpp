@@ -52,6 +52,10 @@ void check_struct_tail(const void *s, size_t struct_size, size_t known, const ch
                        ") does not know, set to non-zero values (byte " + std::to_string(i) + ")");
 }
 
+std::string core::counted(int64_t n, const char *noun) {
+  return std::to_string(n) + " " + noun + (n == 1 ? "" : "s");
+}
+
 using core::kConfigV1Size;
 
 Config config_from_c(const qrms_config *cfg) {

@@ -78,7 +78,22 @@ TEST_CASE("qrms_config_init gives SPEC section 2's defaults", "[capi]") {
   CHECK(c.block_wise == 1);
   CHECK(c.max_unorm == 0.0f);
   CHECK(c.skip_zeros == 0);
-  qrms_config_init(nullptr);  // harmless
+  CHECK(c.skip_nonfinite == 0);
+  (qrms_config_init)(nullptr);  // the exported function: harmless
+
+  // The exported function (what old binaries and FFI call) writes exactly
+  // the first published struct, 64 bytes, and says so in struct_size.
+  unsigned char raw[sizeof(qrms_config) + 64];
+  std::memset(raw, 0xCD, sizeof(raw));
+  (qrms_config_init)(reinterpret_cast<qrms_config *>(raw));
+  qrms_config first;
+  std::memcpy(&first, raw, sizeof(first));
+  CHECK(first.struct_size == 64);
+  CHECK(first.optim_bits == 32);
+  CHECK(first.skip_zeros == 0);
+  size_t past = 0;
+  for (size_t i = 64; i < sizeof(raw); ++i) past += raw[i] != 0xCD ? 1 : 0;
+  CHECK(past == 0);
 
   qrms_update_params hp;
   std::memset(&hp, 0x7f, sizeof(hp));
@@ -535,6 +550,47 @@ TEST_CASE("the CPU backend gives the same bits for any thread count", "[capi][th
   CHECK(qrms_get_num_threads() >= 1);
   QRMS_REQUIRE_OK(qrms_set_num_threads(-3));
   CHECK(qrms_get_num_threads() >= 1);
+  // Too many threads is refused and changes nothing.
+  QRMS_REQUIRE_OK(qrms_set_num_threads(3));
+  QRMS_CHECK_FAILS(qrms_set_num_threads(1025), QRMS_ERROR_INVALID_ARGUMENT,
+                   "qrms_set_num_threads: n 1025 is more than 1024 threads");
+  QRMS_CHECK_FAILS(qrms_set_num_threads(INT32_MAX), QRMS_ERROR_INVALID_ARGUMENT, "more than 1024");
+  CHECK(qrms_get_num_threads() == 3);
+  QRMS_REQUIRE_OK(qrms_set_num_threads(1024));
+  CHECK(qrms_get_num_threads() == 1024);
+  QRMS_REQUIRE_OK(qrms_set_num_threads(0));
+}
+
+TEST_CASE("C ABI messages: the function's name once, counts in the right number", "[capi]") {
+  const auto message_of = [](qrms_status_t st) {
+    CHECK(st != QRMS_SUCCESS);
+    return std::string(qrms_last_error());
+  };
+  qrms_config c = qtest::config();
+  COpt one(QRMS_RMSPROP, c), two(QRMS_RMSPROP, c);
+  std::vector<float> p(4, 1.0f), q(4, 1.0f), r(4, 1.0f);
+  QRMS_REQUIRE_OK(qrms_optimizer_add_param(one.get(), p.data(), nullptr, QRMS_FLOAT32, 4, nullptr));
+  QRMS_REQUIRE_OK(qrms_optimizer_add_param(two.get(), q.data(), nullptr, QRMS_FLOAT32, 4, nullptr));
+  QRMS_REQUIRE_OK(qrms_optimizer_add_param(two.get(), r.data(), nullptr, QRMS_FLOAT32, 4, nullptr));
+  CHECK(message_of(qrms_optimizer_load(one.get(), nullptr, 8)) == "qrms_optimizer_load: buffer is NULL");
+  uint8_t small[4];
+  size_t size = 0;
+  CHECK_THAT(message_of(qrms_optimizer_save(one.get(), small, sizeof(small), &size)),
+             Catch::StartsWith("qrms_optimizer_save: capacity 4 is smaller than the "));
+  CHECK(message_of(qrms_optimizer_save(one.get(), nullptr, 4, &size)) ==
+        "qrms_optimizer_save: buffer is NULL but capacity is not 0");
+  CHECK(message_of(qrms_optimizer_get_step(one.get(), 5, nullptr)) == "qrms_optimizer_get_step: step_out is NULL");
+  int64_t step = 0;
+  CHECK(message_of(qrms_optimizer_get_step(one.get(), 5, &step)) ==
+        "qrms_optimizer_get_step: parameter index 5 out of range (the optimizer has 1 parameter)");
+  CHECK(message_of(qrms_optimizer_get_step(two.get(), 5, &step)) ==
+        "qrms_optimizer_get_step: parameter index 5 out of range (the optimizer has 2 parameters)");
+  // A blob of one parameter given to an optimizer of two.
+  const std::vector<uint8_t> blob = one.save();
+  CHECK(message_of(qrms_optimizer_load(two.get(), blob.data(), blob.size())) ==
+        "qrms_optimizer_load: state blob has 1 parameter; the optimizer has 2");
+  CHECK(message_of(qrms_optimizer_load(two.get(), blob.data(), 1)) ==
+        "qrms_optimizer_load: state blob is truncated (1 byte)");
 }
 
 TEST_CASE("C ABI save / load: sizes, capacity, bad blobs", "[capi][state]") {

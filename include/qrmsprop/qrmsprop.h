@@ -84,7 +84,8 @@ QRMS_API const char *qrms_last_error(void);
 /* Number of CUDA devices; 0 without CUDA support in this build or without devices. */
 QRMS_API int32_t qrms_cuda_device_count(void);
 /* Threads the CPU backend uses (>= 1). Results do not depend on it.
- * n <= 0 restores the default (hardware concurrency, or QRMS_NUM_THREADS). */
+ * n <= 0 restores the default (hardware concurrency, or QRMS_NUM_THREADS).
+ * Errors: INVALID_ARGUMENT for n > 1024 (the setting is then unchanged). */
 QRMS_API qrms_status_t qrms_set_num_threads(int32_t n);
 QRMS_API int32_t qrms_get_num_threads(void);
 
@@ -108,15 +109,18 @@ typedef struct qrms_config {
 /* Fills *cfg with the defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0,
  * momentum 0, centered 0, optim_bits 32, min_8bit_size 4096,
  * percentile_clipping 100, block_wise 1, max_unorm 0, skip_zeros 0,
- * skip_nonfinite 0. */
-QRMS_API void qrms_config_init(qrms_config *cfg);
-/* The same for a caller whose struct has `size` bytes (its sizeof(qrms_config)):
- * writes at most `size` bytes and sets struct_size to what it wrote. FFI
- * bindings, and programs that may load a newer library than they were built
- * against, should use this one: qrms_config_init writes the loaded library's
- * sizeof(qrms_config). size below the first published struct is
- * INVALID_ARGUMENT. */
+ * skip_nonfinite 0. Writes at most `size` bytes (the caller's
+ * sizeof(qrms_config)) and sets struct_size to what it wrote: the smaller of
+ * `size` and this library's struct. size below the first published struct
+ * (64 bytes) is INVALID_ARGUMENT. FFI bindings call this one with the size of
+ * the struct they declare. */
 QRMS_API qrms_status_t qrms_config_init_sized(qrms_config *cfg, size_t size);
+/* The exported qrms_config_init writes exactly the first published struct
+ * (64 bytes, up to skip_zeros; struct_size 64) because a caller built
+ * against that header has no more. Code compiled against this header calls
+ * it through the macro below, which passes its own sizeof. NULL is ignored. */
+QRMS_API void qrms_config_init(qrms_config *cfg);
+#define qrms_config_init(cfg) ((void)qrms_config_init_sized((cfg), sizeof *(cfg)))
 
 /* ------------------------------------------------------------------------ */
 /* Optimizer objects. */

@@ -79,10 +79,12 @@ def test_struct_layout_matches_the_c_compiler(tmp_path):
 def test_config_init_fills_spec_defaults():
     c = _lib.init_struct(_lib.qrms_config)
     assert c.struct_size == ctypes.sizeof(_lib.qrms_config)
-    # The library's own struct is the one this binding declares (same version).
-    raw = (ctypes.c_uint64 * 512)()
+    # The exported qrms_config_init (what a caller of the first header, or
+    # FFI, reaches) writes exactly the first published struct, 64 bytes.
+    raw = (ctypes.c_uint8 * 512)(*([0xAB] * 512))
     _lib.load_library().qrms_config_init(ctypes.cast(raw, ctypes.POINTER(_lib.qrms_config)))
-    assert raw[0] == ctypes.sizeof(_lib.qrms_config)
+    assert ctypes.cast(raw, ctypes.POINTER(_lib.qrms_config)).contents.struct_size == _lib.CONFIG_FIRST_SIZE == 64
+    assert list(raw[_lib.CONFIG_FIRST_SIZE:]) == [0xAB] * (512 - _lib.CONFIG_FIRST_SIZE)
     d = qrmsprop.default_config()
     expected = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, optim_bits=32,
                     min_8bit_size=4096, percentile_clipping=100, block_wise=True, max_unorm=0.0, skip_zeros=False,

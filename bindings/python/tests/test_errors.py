@@ -116,7 +116,7 @@ def test_param_errors():
     opt.add_param(p)
     with raises(ValueError, "this param pointer was already added"):
         opt.add_param(p)
-    with raises(ValueError, "parameter index 5 out of range (the optimizer has 1 parameters)"):
+    with raises(ValueError, "parameter index 5 out of range (the optimizer has 1 parameter)"):
         opt.set_grad(5, None)
     with raises(ValueError, "parameter index -1 out of range"):
         opt.get_step(-1)

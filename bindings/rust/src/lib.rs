@@ -502,9 +502,10 @@ impl<'a> Optimizer<'a> {
 
     fn info(&self, index: usize) -> Result<ParamSlot> {
         self.params.get(index).copied().ok_or_else(|| {
+            let n = self.params.len();
             invalid(format!(
-                "parameter index {index} out of range (the optimizer has {} parameters)",
-                self.params.len()
+                "parameter index {index} out of range (the optimizer has {n} parameter{})",
+                if n == 1 { "" } else { "s" }
             ))
         })
     }

@@ -214,7 +214,7 @@ fn invalid_arguments() {
     let e = opt.set_grad(0, Some(hc)).unwrap_err();
     assert_eq!(e.message, "set_grad: grad has 7 elements but parameter 0 has 8");
     let e = opt.get_step(3).unwrap_err();
-    assert_eq!(e.message, "qrms_optimizer_get_step: parameter index 3 out of range (the optimizer has 1 parameters)");
+    assert_eq!(e.message, "qrms_optimizer_get_step: parameter index 3 out of range (the optimizer has 1 parameter)");
     let e = opt.read_state(0, StateKind::Momentum).unwrap_err();
     assert!(e.message.contains("has no momentum buffer"), "{}", e.message);
     let e = opt.set_lr(f32::INFINITY).unwrap_err();

@@ -271,48 +271,33 @@ def load_library():
         return _lib
 
 
-# qrms_config_init / qrms_update_params_init write the LIBRARY's sizeof of
-# the struct, which grows in later versions: let them write into scratch
-# memory this large, then copy the fields this binding knows.
+# qrms_config goes through qrms_config_init_sized with this binding's size:
+# the library writes at most that and sets struct_size to what it wrote (its
+# own, smaller size when it is older). Only the first 0.1.0 builds lack it;
+# their qrms_config_init wrote their whole sizeof(qrms_config), so that
+# fallback lets it write into scratch memory this large and copies what this
+# binding knows. qrms_update_params_init writes the first published struct
+# (its size is pinned in capi.cpp).
 _INIT_SCRATCH_BYTES = 4096
-_library_config_size = None
-
-
-def library_config_size():
-    """sizeof(qrms_config) of the loaded library (what qrms_config_init writes)."""
-    global _library_config_size
-    if _library_config_size is None:
-        lib = load_library()
-        scratch = (ctypes.c_uint64 * (_INIT_SCRATCH_BYTES // 8))()
-        lib.qrms_config_init(ctypes.cast(scratch, ctypes.POINTER(qrms_config)))
-        _library_config_size = int(scratch[0])
-    return _library_config_size
-
-
-def config_struct_size():
-    """The struct_size to send: this binding's size, or the loaded library's if
-    that is smaller (an older library may refuse a larger struct)."""
-    return min(ctypes.sizeof(qrms_config), max(library_config_size(), CONFIG_FIRST_SIZE))
 
 
 def init_struct(struct_cls):
-    """A struct_cls filled by the library's *_init function (defaults), with
-    struct_size set to this binding's size (for qrms_config: at most the
-    loaded library's, see config_struct_size)."""
+    """A struct_cls filled by the library with its defaults, struct_size set."""
     lib = load_library()
-    if struct_cls is qrms_config and hasattr(lib, "qrms_config_init_sized"):
-        out = qrms_config()
-        size = config_struct_size()
-        status = lib.qrms_config_init_sized(ctypes.byref(out), size)
-        if status != SUCCESS:
-            raise RuntimeError("qrms_config_init_sized(%d) failed: %s" % (size, lib.qrms_last_error().decode()))
-        return out
-    init = {qrms_config: lib.qrms_config_init, qrms_update_params: lib.qrms_update_params_init}[struct_cls]
-    scratch = (ctypes.c_uint64 * (_INIT_SCRATCH_BYTES // 8))()
-    init(ctypes.cast(scratch, ctypes.POINTER(struct_cls)))
     out = struct_cls()
-    ctypes.memmove(ctypes.byref(out), scratch, ctypes.sizeof(struct_cls))
-    out.struct_size = config_struct_size() if struct_cls is qrms_config else ctypes.sizeof(struct_cls)
+    if struct_cls is qrms_config and hasattr(lib, "qrms_config_init_sized"):
+        status = lib.qrms_config_init_sized(ctypes.byref(out), ctypes.sizeof(out))
+        if status != SUCCESS:
+            raise RuntimeError("qrms_config_init_sized failed: %s" % lib.qrms_last_error().decode())
+        return out
+    if struct_cls is qrms_update_params:
+        lib.qrms_update_params_init(ctypes.byref(out))
+        return out
+    scratch = (ctypes.c_uint64 * (_INIT_SCRATCH_BYTES // 8))()
+    lib.qrms_config_init(ctypes.cast(scratch, ctypes.POINTER(qrms_config)))
+    library_size = int(scratch[0])
+    ctypes.memmove(ctypes.byref(out), scratch, ctypes.sizeof(out))
+    out.struct_size = min(ctypes.sizeof(out), max(library_size, CONFIG_FIRST_SIZE))
     return out
 
 

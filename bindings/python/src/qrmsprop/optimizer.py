@@ -378,8 +378,9 @@ class Optimizer:
             if w not in _STATES.values():
                 raise ValueError("which must be 'square_avg' or 'momentum', got %r" % (which,))
             if not 0 <= index < len(self._params):
-                raise ValueError("parameter index %d out of range (the optimizer has %d parameters)"
-                                 % (index, len(self._params)))
+                n = len(self._params)
+                raise ValueError("parameter index %d out of range (the optimizer has %d parameter%s)"
+                                 % (index, n, "" if n == 1 else "s"))
             pb, shape = self._params[index]
             out = np.empty(pb.numel, dtype=np.float32)
             check(self._lib.qrms_optimizer_read_state(h, index, w,
