@@ -1,6 +1,7 @@
 # Run by ctest: cmake -DLIB=<libqrmsprop.so> -DHEADER=<qrmsprop.h> [-DNM=nm] -P check_exports.cmake
 # Fails when the shared library exports a defined dynamic symbol that is not
-# qrms_*, or when a function declared in the header is not exported.
+# qrms_*, one without a symbol version @@QRMS_x.y (capi/exports.map), or when
+# a function declared in the header is not exported.
 if(NOT LIB OR NOT HEADER)
   message(FATAL_ERROR "usage: cmake -DLIB=... -DHEADER=... -P check_exports.cmake")
 endif()
@@ -17,28 +18,40 @@ endif()
 string(REPLACE "\n" ";" lines "${out}")
 set(exported "")
 set(bad "")
+set(unversioned "")
 foreach(line IN LISTS lines)
   string(STRIP "${line}" line)
   if(line STREQUAL "")
     continue()
   endif()
-  # "<address> <type> <name>[@version]"
-  if(NOT line MATCHES "^[0-9a-fA-F]+ ([A-Za-z]) ([^ @]+)")
+  # "<address> <type> <name>[@@version]"; the version node itself is an
+  # absolute symbol "<address> A QRMS_x.y".
+  if(line MATCHES "^[0-9a-fA-F]+ A QRMS_[0-9]+\\.[0-9]+$")
+    continue()
+  endif()
+  if(NOT line MATCHES "^[0-9a-fA-F]+ ([A-Za-z]) ([^ @]+)(.*)$")
     list(APPEND bad "${line} (unparsed)")
     continue()
   endif()
   set(type "${CMAKE_MATCH_1}")
   set(name "${CMAKE_MATCH_2}")
-  if(name MATCHES "^qrms_")
-    list(APPEND exported "${name}")
-  else()
+  set(version "${CMAKE_MATCH_3}")
+  if(NOT name MATCHES "^qrms_")
     list(APPEND bad "${name} (${type})")
+  elseif(NOT version MATCHES "^@@QRMS_[0-9]+\\.[0-9]+$")
+    list(APPEND unversioned "${name}${version}")
+  else()
+    list(APPEND exported "${name}")
   endif()
 endforeach()
 
 if(bad)
   list(JOIN bad "\n  " bad_text)
   message(FATAL_ERROR "${LIB} exports symbols other than qrms_*:\n  ${bad_text}")
+endif()
+if(unversioned)
+  list(JOIN unversioned "\n  " unversioned_text)
+  message(FATAL_ERROR "${LIB} exports symbols without a QRMS_x.y version (capi/exports.map):\n  ${unversioned_text}")
 endif()
 
 # Every function declared with QRMS_API in the header is exported.
@@ -64,4 +77,4 @@ if(missing)
 endif()
 
 list(LENGTH exported n_exported)
-message(STATUS "${LIB}: ${n_exported} exported symbols, all qrms_*; all ${declared} header functions present")
+message(STATUS "${LIB}: ${n_exported} exported symbols, all qrms_* with a QRMS_x.y version; all ${declared} header functions present")
