@@ -81,7 +81,8 @@ python3 "$QRMS_ROOT/scripts/abi_structs.py" "$abi_dir/qrmsprop.abi" "$build/qrms
 
 log "constants (abi/constants.txt)"
 changed=$(LC_ALL=C comm -23 "$abi_dir/constants.txt" "$build/constants.txt")
-added=$(LC_ALL=C comm -13 "$abi_dir/constants.txt" "$build/constants.txt")
+# New names only (a changed value of an old name is a break, not an addition).
+added=$(awk 'NR == FNR { old[$1] = 1; next } !($1 in old)' "$abi_dir/constants.txt" "$build/constants.txt")
 [ -z "$added" ] || printf '  addition: %s\n' "$added"
 if [ -n "$changed" ]; then
   while read -r name value; do

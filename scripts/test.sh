@@ -69,6 +69,14 @@ stage_fuzz() {
 }
 STAGES+=(stage_fuzz)
 
+# The ABI against the committed baseline (abi/): abidiff (libabigail), the
+# struct layouts and the constants; additions pass and are listed
+# (scripts/abi.sh, docs/abi.md). Its own debug build in build-abi under $BUILD_DIR.
+stage_abi() {
+  apt_ensure abigail-tools
+  QRMS_ABI_BUILD_DIR="$BUILD_DIR/abi" bash "$QRMS_ROOT/scripts/abi.sh" check
+}
+STAGES+=(stage_abi)
 
 # ---- runner (keep at the end) -------------------------------------------------
 run_stage() {
