@@ -69,6 +69,30 @@ stage_fuzz() {
 }
 STAGES+=(stage_fuzz)
 
+# A plain configure on a machine without Catch2 (a user who wants only the
+# library) succeeds and leaves the tests out; asking for the tests there
+# fails at configure with a clear message.
+stage_no_catch2() {
+  local dir="$BUILD_DIR/no-catch2"
+  mkdir -p "$BUILD_DIR"
+  rm -rf "$dir"
+  cmake -S "$QRMS_ROOT" -B "$dir" -DQRMS_CUDA=OFF -DCMAKE_DISABLE_FIND_PACKAGE_Catch2=ON >"$dir.log" 2>&1 \
+    || { cat "$dir.log"; echo "error: a plain configure without Catch2 failed" >&2; return 1; }
+  grep -q '^QRMS_BUILD_TESTS:BOOL=OFF$' "$dir/CMakeCache.txt" \
+    || { echo "error: without Catch2 the tests should be off by default" >&2; return 1; }
+  rm -rf "$dir"
+  if cmake -S "$QRMS_ROOT" -B "$dir" -DQRMS_CUDA=OFF -DCMAKE_DISABLE_FIND_PACKAGE_Catch2=ON \
+    -DQRMS_BUILD_TESTS=ON >"$dir.log" 2>&1; then
+    echo "error: QRMS_BUILD_TESTS=ON without Catch2 configured" >&2
+    return 1
+  fi
+  grep -q "QRMS_BUILD_TESTS=ON needs Catch2" "$dir.log" \
+    || { cat "$dir.log"; echo "error: no clear message for QRMS_BUILD_TESTS=ON without Catch2" >&2; return 1; }
+  rm -rf "$dir" "$dir.log"
+  echo "without Catch2: the library configures, tests off; QRMS_BUILD_TESTS=ON is a clear configure error"
+}
+STAGES+=(stage_no_catch2)
+
 # The ABI against the committed baseline (abi/): abidiff (libabigail), the
 # struct layouts and the constants; additions pass and are listed
 # (scripts/abi.sh, docs/abi.md). Its own debug build in build-abi under $BUILD_DIR.
