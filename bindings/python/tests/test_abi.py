@@ -143,18 +143,24 @@ def test_version():
     assert qrmsprop.version() == "%d.%d.%d" % (major, minor, patch)
 
 
-def test_library_found_through_qrms_library_and_prefix():
+def test_qrms_library_overrides_everything():
     path = os.path.realpath(qrmsprop.library_path())
     r = run_python("import qrmsprop; print(qrmsprop.library_path())",
                    {"QRMS_LIBRARY": path, "QRMS_PREFIX": "/nonexistent"})
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == path
-    prefix = os.path.dirname(os.path.dirname(path))
-    env = {"QRMS_PREFIX": prefix}
+
+
+
+def test_qrms_prefix_comes_before_the_bundled_copy(tmp_path):
+    # A prefix of its own (the library in use, linked), so that this holds
+    # whether the package carries a library or was installed without one.
+    (tmp_path / "lib").mkdir()
+    os.symlink(os.path.realpath(qrmsprop.library_path()), str(tmp_path / "lib" / "libqrmsprop.so"))
     r = run_python("import os; os.environ.pop('QRMS_LIBRARY', None); import qrmsprop; "
-                   "print(qrmsprop.library_path())", env)
+                   "print(qrmsprop.library_path())", {"QRMS_PREFIX": str(tmp_path)})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().startswith(prefix)
+    assert r.stdout.strip() == str(tmp_path / "lib" / "libqrmsprop.so")
 
 
 def test_missing_library_is_a_clear_error():

@@ -9,7 +9,8 @@ RMSprop / RMSprop8bit / RMSprop32bit) through the library's C ABI, on ctypes.
 
 For PyTorch, `qrmsprop.torch` has RMSprop, RMSprop8bit and RMSprop32bit with
 bitsandbytes' signatures. The shared library is found through QRMS_LIBRARY,
-QRMS_PREFIX, then the system (see qrmsprop._lib).
+QRMS_PREFIX, the copy inside this package (a wheel carries one), then the
+system (see qrmsprop._lib); build_info() says which and what it has.
 """
 import ctypes
 
@@ -26,7 +27,7 @@ from ._errors import (
     check,
     status_string,
 )
-from ._lib import LibraryNotFoundError, library_path, load_library
+from ._lib import LibraryNotFoundError, build_info, library_path, load_library
 from .optimizer import CONFIG_KEYS, VARIANTS, Optimizer, ParamInfo, default_config
 
 __version__ = "0.1.0"
@@ -52,6 +53,7 @@ __all__ = [
     "version",
     "library_version",
     "library_path",
+    "build_info",
     "cuda_device_count",
     "set_num_threads",
     "get_num_threads",

@@ -4,9 +4,11 @@ The library is looked up, in this order:
   1. QRMS_LIBRARY: the full path of the shared library (an error if it is set
      and cannot be loaded: no silent fallback to another copy);
   2. QRMS_PREFIX: an install prefix; <prefix>/lib, lib64 and lib/<multiarch>;
-  3. ctypes.util.find_library("qrmsprop") and the dynamic loader's own search
+  3. the copy inside this package (libqrmsprop.so.0 next to this file), which
+     a wheel built by scikit-build-core carries (see build_info());
+  4. ctypes.util.find_library("qrmsprop") and the dynamic loader's own search
      (LD_LIBRARY_PATH, the ld.so cache);
-  4. the usual install locations (/usr/local/lib, /usr/lib, sys.prefix/lib, ...).
+  5. the usual install locations (/usr/local/lib, /usr/lib, sys.prefix/lib, ...).
 It is loaded on first use, so `import qrmsprop` works without it.
 """
 import ctypes
@@ -174,6 +176,10 @@ class LibraryNotFoundError(OSError):
     """libqrmsprop.so could not be found or loaded."""
 
 
+# Where a wheel puts the library: this package's directory, under its soname.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+BUNDLED_NAME = "libqrmsprop.so.%d" % ABI_MAJOR
+
 _lock = threading.Lock()
 _lib = None
 _lib_path = None
@@ -190,6 +196,7 @@ def _candidates():
         for d in dirs:
             for n in names:
                 out.append((os.path.join(prefix, d, n), "QRMS_PREFIX"))
+    out.append((os.path.join(PACKAGE_DIR, BUNDLED_NAME), "bundled with the package"))
     found = ctypes.util.find_library("qrmsprop")
     if found:
         out.append((found, "ctypes.util.find_library"))
@@ -305,3 +312,31 @@ def library_path():
     """The path (or soname) the library was loaded from."""
     load_library()
     return _lib_path
+
+
+def build_info():
+    """What the library in use is, as a dict:
+      version   the loaded library's version, 'MAJOR.MINOR.PATCH';
+      library   the path (or soname) it was loaded from;
+      bundled   True when it is the copy inside this package;
+      backends  ['cpu'] or ['cpu', 'cuda'] for the bundled copy, None (not
+                known) for one brought with QRMS_LIBRARY, QRMS_PREFIX or the
+                system;
+      cuda_architectures, cuda_version, compiler: how the bundled copy was
+                built ('' for no CUDA; None when not bundled).
+    Read from _build_info.py, which the wheel's build writes; a package
+    installed without the library (QRMS_PYTHON_BUNDLE=OFF) has none."""
+    lib = load_library()
+    v = lib.qrms_version()
+    info = {"version": "%d.%d.%d" % (v // 10000, (v // 100) % 100, v % 100), "library": _lib_path,
+            "bundled": False, "backends": None, "cuda_architectures": None, "cuda_version": None,
+            "compiler": None}
+    try:
+        from . import _build_info as built
+    except ImportError:
+        return info
+    bundled = os.path.join(PACKAGE_DIR, built.LIBRARY_FILE)
+    if os.path.exists(_lib_path) and os.path.realpath(_lib_path) == os.path.realpath(bundled):
+        info.update(bundled=True, backends=list(built.BACKENDS), cuda_architectures=built.CUDA_ARCHITECTURES,
+                    cuda_version=built.CUDA_VERSION, compiler=built.COMPILER)
+    return info
