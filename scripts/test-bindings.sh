@@ -15,7 +15,8 @@
 # tests run (QRMS_VENV_SYSTEM_SITE=0/1 forces it off/on).
 #
 # Installs what is missing: pkg-config and python3-venv through apt-get (as
-# root or with sudo), numpy/pytest/ml_dtypes into the venv with pip.
+# root or with sudo), numpy/pytest/ml_dtypes into the venv with pip (and
+# scikit-build-core, the package's build backend, into pip's build env).
 # Exit status: 0 only when every suite passed.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
@@ -86,16 +87,19 @@ python_suite() {
     || "$vpy" -m pip install -q --disable-pip-version-check ml_dtypes \
     || echo "warning: ml_dtypes not installed; the numpy bfloat16 test will skip" >&2
 
-  log "pip install bindings/python"
+  log "pip install bindings/python without its own library (QRMS_PYTHON_BUNDLE=OFF)"
   # A regular (not editable) install: the tests import the installed package.
-  # pip builds in the source directory, so build from a copy (the checkout
-  # stays clean).
+  # Without the library inside the package, it must find the prefix's (the
+  # wheel that carries one is scripts/test-wheel.sh's). pip builds in the
+  # source directory, so build from a copy (the checkout stays clean).
   local pysrc="$work/python-src"
   rm -rf "$pysrc" && mkdir -p "$pysrc"
   cp -R "$QRMS_ROOT/bindings/python/pyproject.toml" "$QRMS_ROOT/bindings/python/README.md" \
+    "$QRMS_ROOT/bindings/python/CMakeLists.txt" "$QRMS_ROOT/bindings/python/_build_info.py.in" \
     "$QRMS_ROOT/bindings/python/src" "$pysrc/"
-  if ! "$vpy" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$pysrc"; then
-    "$vpy" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall --no-build-isolation "$pysrc"
+  QRMS_PYTHON_BUNDLE=OFF "$vpy" -m pip install -q --disable-pip-version-check --no-deps --force-reinstall "$pysrc"
+  if [ -e "$("$vpy" -c 'import qrmsprop._lib as l; print(l.PACKAGE_DIR)' 2>/dev/null)/libqrmsprop.so.0" ]; then
+    echo "error: QRMS_PYTHON_BUNDLE=OFF installed a library into the package" >&2; return 1
   fi
   local where
   where=$(cd "$work" && QRMS_PREFIX="$prefix" "$vpy" -c "import qrmsprop; print(qrmsprop.__file__, qrmsprop.library_path())")

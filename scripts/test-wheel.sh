@@ -52,8 +52,9 @@ if grep -E '\((RPATH|RUNPATH)\)' <<<"$dyn" | grep -vE '\[(\$ORIGIN[^]:]*)(:\$ORI
   fail "the library has a search path that is not \$ORIGIN-relative"
 fi
 sdist=$(ls "$dist"/qrmsprop-*.tar.gz)
+listing=$(tar -tzf "$sdist")
 for f in c/CMakeLists.txt c/include/qrmsprop/qrmsprop.h c/capi/exports.map CMakeLists.txt pyproject.toml src/qrmsprop/_lib.py; do
-  tar -tzf "$sdist" | grep -qx "qrmsprop-[0-9.]*/$f" || fail "$(basename "$sdist") has no $f"
+  grep -qx "qrmsprop-[0-9.]*/$f" <<<"$listing" || fail "$(basename "$sdist") has no $f"
 done
 info_py="$unpacked/qrmsprop/_build_info.py"
 log "wheel $name: $(stat -c %s "$wheel") bytes; sdist $(basename "$sdist"): $(stat -c %s "$sdist") bytes"
