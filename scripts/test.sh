@@ -54,6 +54,17 @@ stage_bindings() {
 }
 STAGES+=(stage_bindings)
 
+# The Python wheel that carries libqrmsprop.so (scripts/test-wheel.sh): sdist,
+# wheel from it, auditwheel repair and checks, the binding's tests and
+# quickstart against it in a fresh venv, and `pip install ./bindings/python`.
+# It builds the library twice more, without tests: CUDA backend when nvcc is
+# there, as for users (QRMS_CUDA applies).
+stage_wheel() {
+  cuda_on_path
+  bash "$QRMS_ROOT/scripts/test-wheel.sh"
+}
+STAGES+=(stage_wheel)
+
 # The CPU suite under AddressSanitizer + UndefinedBehaviorSanitizer (with the
 # leak checker) and under ThreadSanitizer.
 stage_sanitizers() {

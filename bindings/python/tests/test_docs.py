@@ -45,3 +45,19 @@ def test_switch_demo_compiles():
     path = os.path.join(PACKAGE_ROOT, "examples", "switch_demo.py")
     with open(path) as f:
         compile(f.read(), path, "exec")
+
+
+def test_readme_python_lines_run():
+    # The top-level README's Python block: the install line's package, in use.
+    readme = os.path.join(REPO_ROOT, "README.md")
+    if not os.path.exists(readme):
+        pytest.skip("README.md is not next to these tests")
+    with open(readme) as f:
+        text = f.read()
+    section = text.split("\n## Python\n", 1)[1].split("\n## ", 1)[0]
+    assert "pip install ./bindings/python" in section
+    code = re.findall(r"```python\n(.*?)```\n", section, re.S)
+    assert len(code) == 1
+    r = subprocess.run([sys.executable, "-c", code[0] + "assert w[0] < 0 and abs(w).max() == abs(w).min(), w\n"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
