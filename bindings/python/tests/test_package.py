@@ -64,3 +64,19 @@ def test_build_info_of_another_library_says_not_bundled(tmp_path):
                    {"QRMS_LIBRARY": str(other)})
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(other), "False", "None"]
+
+
+def test_versions_agree_with_the_bundled_library():
+    # pyproject takes the version from __version__; the library has its own
+    # (qrmsprop.h): a wheel must not carry a library of another version.
+    from importlib.metadata import version as dist_version
+
+    if not has_bundled_library():
+        pytest.skip("this package was installed without its library (QRMS_PYTHON_BUNDLE=OFF)")
+    from qrmsprop import _build_info
+
+    assert dist_version("qrmsprop") == qrmsprop.__version__
+    assert _build_info.VERSION == qrmsprop.__version__
+    r = run_python(NO_ENV + "import qrmsprop; print(qrmsprop.version())")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == qrmsprop.__version__
