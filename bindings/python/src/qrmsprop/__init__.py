@@ -67,8 +67,7 @@ __all__ = [
 
 def library_version():
     """(major, minor, patch) of the loaded libqrmsprop."""
-    v = load_library().qrms_version()
-    return (v // 10000, (v // 100) % 100, v % 100)
+    return _lib.version_of(load_library())
 
 
 def version():

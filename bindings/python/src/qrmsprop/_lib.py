@@ -221,9 +221,14 @@ def _declare(lib):
         fn.argtypes = argtypes
 
 
-def _check_version(lib, path):
+def version_of(lib):
+    """(major, minor, patch) of a loaded library, from qrms_version()."""
     v = lib.qrms_version()
-    major, minor, patch = v // 10000, (v // 100) % 100, v % 100
+    return (v // 10000, (v // 100) % 100, v % 100)
+
+
+def _check_version(lib, path):
+    major, minor, patch = version_of(lib)
     if major != ABI_MAJOR or minor < ABI_MIN_MINOR:
         raise LibraryNotFoundError(
             "%s is qrmsprop %d.%d.%d; these bindings need %d.x with x >= %d"
@@ -326,9 +331,7 @@ def build_info():
                 built ('' for no CUDA; None when not bundled).
     Read from _build_info.py, which the wheel's build writes; a package
     installed without the library (QRMS_PYTHON_BUNDLE=OFF) has none."""
-    lib = load_library()
-    v = lib.qrms_version()
-    info = {"version": "%d.%d.%d" % (v // 10000, (v // 100) % 100, v % 100), "library": _lib_path,
+    info = {"version": "%d.%d.%d" % version_of(load_library()), "library": _lib_path,
             "bundled": False, "backends": None, "cuda_architectures": None, "cuda_version": None,
             "compiler": None}
     try:
