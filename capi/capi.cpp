@@ -285,8 +285,9 @@ qrms_status_t qrms_optimizer_get_step(qrms_optimizer_t opt, int64_t index, int64
 
 qrms_status_t qrms_optimizer_read_state(qrms_optimizer_t opt, int64_t index, int32_t which, float *out) {
   return guarded("qrms_optimizer_read_state", [&] {
-    require(out != nullptr, "out is NULL");
     const std::vector<float> v = get(opt).read_state(index, which);
+    if (v.empty()) return;  // an empty shard: out may be NULL
+    require(out != nullptr, "out is NULL");
     std::memcpy(out, v.data(), v.size() * sizeof(float));
   });
 }
@@ -324,6 +325,38 @@ qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t index, int
     if (numel_out) *numel_out = n;
     if (dtype_out) *dtype_out = static_cast<qrms_dtype_t>(o.dtype(index));
     if (state_bits_out) *state_bits_out = o.is_8bit(index) ? 8 : 32;
+  });
+}
+
+qrms_status_t qrms_optimizer_add_param_shard(qrms_optimizer_t opt, void *param, const void *grad, qrms_dtype_t dtype,
+                                             int64_t numel, int64_t global_numel, int64_t offset, int64_t *index_out) {
+  return guarded("qrms_optimizer_add_param_shard", [&] {
+    const int64_t index = get(opt).add_param_shard(param, grad, to_dtype(dtype), numel, global_numel, offset);
+    if (index_out) *index_out = index;
+  });
+}
+
+qrms_status_t qrms_optimizer_shard_info(qrms_optimizer_t opt, int64_t index, int64_t *global_numel_out,
+                                        int64_t *offset_out) {
+  return guarded("qrms_optimizer_shard_info", [&] {
+    const qrms::Optimizer1State &o = get(opt);
+    const int64_t global = o.global_numel(index);  // checks the index first
+    if (global_numel_out) *global_numel_out = global;
+    if (offset_out) *offset_out = o.shard_offset(index);
+  });
+}
+
+qrms_status_t qrms_optimizer_set_comm(qrms_optimizer_t opt, const qrms_comm *comm) {
+  return guarded("qrms_optimizer_set_comm", [&] { get(opt).set_comm(comm); });
+}
+
+qrms_status_t qrms_state_merge(const void *const *blobs, const size_t *sizes, int32_t count, void *out,
+                               size_t capacity, size_t *size_out) {
+  return guarded("qrms_state_merge", [&] {
+    require(size_out != nullptr, "size_out is NULL");
+    require(count >= 1, "count must be >= 1, got " + std::to_string(count));
+    require(blobs != nullptr && sizes != nullptr, "blobs or sizes is NULL");
+    *size_out = qrms::merge_states(blobs, sizes, static_cast<size_t>(count), out, capacity);
   });
 }
 

@@ -34,6 +34,10 @@ struct TensorUpdate {
   const float *gnorm_scale = nullptr;  // nullptr means 1
   float *unorm = nullptr;          // 2 floats of scratch when hp.max_unorm > 0
   int64_t *step = nullptr;         // steps taken; the writing pass adds 1 (nullptr: no counter)
+  // Sharded steps: where the read-only pass stores max |s_new| and max |b_new|
+  // (per-tensor 8-bit) for the cross-rank reduction, and where the writing
+  // pass takes new_max1 from. nullptr: scale1[1] and scale2[1] directly.
+  float *new_max = nullptr;
   math::Hyper hp{};
 };
 
@@ -46,6 +50,7 @@ struct ClipJob {
   bool advance = false;            // also store *step + 1 (when no update pass counts the step)
   int32_t percentile = 100;
   float *gnorm_scale = nullptr;    // output
+  float *sumsq = nullptr;          // sharded steps: the squared norm, partial (Read) then reduced (Write)
 };
 
 // One gradient of a non-finite check.
@@ -54,10 +59,27 @@ struct GradRef {
   int64_t n = 0;
 };
 
+// Which part of update/clip a call runs. A sharded step runs Read for every
+// group, reduces the figures it produced across ranks, then runs Write.
+//   Read:  changes nothing but the figures: clip's sumsq, update's unorm sums
+//          and new_max (per-tensor maxima);
+//   Write: the rest, from those figures;
+//   All:   both, as one process holding whole tensors does.
+enum class Pass : int32_t { All = 0, Read = 1, Write = 2 };
+
 // What every pass of one optimizer step reads besides its tensors.
 struct StepControl {
   const float *grad_unscale = nullptr;  // device float multiplying every gradient first; nullptr: 1
   const int32_t *skip = nullptr;        // device flag: while *skip != 0 a pass changes nothing
+  Pass pass = Pass::All;
+};
+
+// Stream-ordered helpers around a cross-rank all-reduce of device floats.
+enum class SlotOp : int32_t {
+  EncodeMax = 0,  // v[n+i] = isnan(v[i]) ? 1 : 0, then v[i] = isnan(v[i]) ? 0 : v[i]
+  DecodeMax = 1,  // v[i] = v[n+i] > 0 ? NaN : v[i]  (after a max of all 2n values)
+  FromFlag = 2,   // v[0] = *flag != 0 ? 1 : 0
+  ToFlag = 3,     // *flag = v[0] > 0 ? 1 : 0
 };
 
 class Backend {
@@ -87,6 +109,9 @@ class Backend {
   // *grad_unscale when given, is inf or NaN; leaves it as it is otherwise.
   virtual void check_finite(Dtype dtype, const GradRef *grads, size_t count, const float *grad_unscale,
                             int32_t *found, void *stream) = 0;
+
+  // See SlotOp; v holds n floats (2n for the max encodings).
+  virtual void slots(SlotOp op, float *v, int64_t n, int32_t *flag, void *stream) = 0;
 
   virtual void quantize_blockwise(const float *qmap, const float *in, uint8_t *codes, float *absmax,
                                   int64_t n, int64_t blocksize, void *stream) = 0;

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <functional>
+#include <limits>
 #include <mutex>
 #include <cmath>
 #include <cstdlib>
@@ -358,34 +359,44 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
     }
   }
 
-  std::vector<float> uscale(count, 1.0f);
-  if (!pre.empty()) {
+  if (ctl.pass != Pass::Write) {
     std::vector<Partial> parts(pre.size());
     parallel_chunks(static_cast<int64_t>(pre.size()), [&](int64_t k) {
       const ChunkRef r = pre[static_cast<size_t>(k)];
       walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, unscale, gscale(r.tensor), 1.0f,
                     parts[static_cast<size_t>(k)]);
     });
-    // Combine each tensor's partials in chunk order (thread-count independent).
-    for (size_t k = 0; k < pre.size();) {
-      const size_t i = pre[k].tensor;
-      Partial total;
-      for (; k < pre.size() && pre[k].tensor == i; ++k) {
-        total.u_sumsq += parts[k].u_sumsq;
-        total.p_sumsq += parts[k].p_sumsq;
-        total.max1 = math::nan_max(total.max1, parts[k].max1);
-        total.max2 = math::nan_max(total.max2, parts[k].max2);
-      }
+    // Combine each tensor's partials in chunk order (thread-count independent);
+    // a tensor without chunks (an empty shard) gets zeros.
+    std::vector<Partial> totals(count);
+    for (size_t k = 0; k < pre.size(); ++k) {
+      Partial &total = totals[pre[k].tensor];
+      total.u_sumsq += parts[k].u_sumsq;
+      total.p_sumsq += parts[k].p_sumsq;
+      total.max1 = math::nan_max(total.max1, parts[k].max1);
+      total.max2 = math::nan_max(total.max2, parts[k].max2);
+    }
+    for (size_t i = 0; i < count; ++i) {
       const TensorUpdate &t = tensors[i];
       if (t.hp.max_unorm > 0.0f) {
-        t.unorm[0] = static_cast<float>(total.u_sumsq);
-        t.unorm[1] = static_cast<float>(total.p_sumsq);
-        uscale[i] = math::update_scale(t.hp.max_unorm, t.hp.eps, t.unorm[0], t.unorm[1]);
+        t.unorm[0] = static_cast<float>(totals[i].u_sumsq);
+        t.unorm[1] = static_cast<float>(totals[i].p_sumsq);
       }
       if (tensor8) {
-        t.scale1[1] = total.max1;
-        if (t.scale2) t.scale2[1] = total.max2;
+        (t.new_max ? t.new_max[0] : t.scale1[1]) = totals[i].max1;
+        if (t.scale2) (t.new_max ? t.new_max[1] : t.scale2[1]) = totals[i].max2;
       }
+    }
+  }
+  if (ctl.pass == Pass::Read) return;
+
+  std::vector<float> uscale(count, 1.0f);
+  for (size_t i = 0; i < count; ++i) {
+    const TensorUpdate &t = tensors[i];
+    if (t.hp.max_unorm > 0.0f) uscale[i] = math::update_scale(t.hp.max_unorm, t.hp.eps, t.unorm[0], t.unorm[1]);
+    if (tensor8 && t.new_max) {
+      t.scale1[1] = t.new_max[0];
+      if (t.scale2) t.scale2[1] = t.new_max[1];
     }
   }
 
@@ -465,9 +476,16 @@ class CpuBackend final : public Backend {
       using T = decltype(tag);
       for (size_t i = 0; i < count; ++i) {
         const ClipJob &j = jobs[i];
+        float q = 0.0f;
+        if (ctl.pass != Pass::Write) q = grad_sumsq<T>(j.grad, j.n, unscale);
+        if (ctl.pass == Pass::Read) {
+          *j.sumsq = q;
+          continue;
+        }
+        if (ctl.pass == Pass::Write) q = *j.sumsq;
         const int64_t step = *j.step + 1;
         if (j.advance) *j.step = step;
-        math::record_gnorm(j.gnorm_vec, step, grad_sumsq<T>(j.grad, j.n, unscale));
+        math::record_gnorm(j.gnorm_vec, step, q);
         float sorted[math::kGnormHistory];
         std::copy(j.gnorm_vec, j.gnorm_vec + math::kGnormHistory, sorted);
         std::sort(sorted, sorted + math::kGnormHistory);
@@ -488,6 +506,23 @@ class CpuBackend final : public Backend {
             break;
           }
     });
+  }
+
+  void slots(SlotOp op, float *v, int64_t n, int32_t *flag, void *) override {
+    switch (op) {
+      case SlotOp::EncodeMax:
+        for (int64_t i = 0; i < n; ++i) {
+          v[n + i] = std::isnan(v[i]) ? 1.0f : 0.0f;
+          if (std::isnan(v[i])) v[i] = 0.0f;
+        }
+        break;
+      case SlotOp::DecodeMax:
+        for (int64_t i = 0; i < n; ++i)
+          if (v[n + i] > 0.0f) v[i] = std::numeric_limits<float>::quiet_NaN();
+        break;
+      case SlotOp::FromFlag: v[0] = *flag != 0 ? 1.0f : 0.0f; break;
+      case SlotOp::ToFlag: *flag = v[0] > 0.0f ? 1 : 0; break;
+    }
   }
 
   void quantize_blockwise(const float *qmap, const float *in, uint8_t *codes, float *absmax, int64_t n,

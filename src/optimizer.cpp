@@ -2,6 +2,8 @@
 // which hands every parameter of one (state kind, dtype) group to the
 // backend in one call.
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <cstdint>
 #include <string>
 
@@ -96,6 +98,7 @@ math::Hyper hyper_of(const Config &c) {
 Optimizer1State::Optimizer1State(const Config &cfg, Device device, int device_index) : impl_(new Impl) {
   validate(cfg);
   impl_->cfg = cfg;
+  impl_->device_index = device_index;
   if (device == Device::CPU) {
     impl_->backend = core::make_cpu_backend();
   } else if (device == Device::CUDA) {
@@ -113,26 +116,76 @@ Optimizer1State::Optimizer1State(const Config &cfg, Device device, int device_in
 Optimizer1State::~Optimizer1State() = default;
 
 int64_t Optimizer1State::add_param(void *param, const void *grad, Dtype dtype, int64_t numel) {
-  check_dtype(dtype);
-  if (param == nullptr) throw ValueError("param pointer is NULL");
   if (numel <= 0) throw ValueError("numel must be > 0, got " + std::to_string(numel));
-  check_aligned(param, dtype, "param");
+  return add_param_shard(param, grad, dtype, numel, numel, 0);
+}
+
+void check_shard(int64_t numel, int64_t global_numel, int64_t offset, const Layout &layout, const std::string &what) {
+  if (global_numel <= 0) throw ValueError(what + ": global_numel must be > 0, got " + std::to_string(global_numel));
+  if (numel < 0 || offset < 0 || offset > global_numel || numel > global_numel - offset)
+    throw ValueError(what + ": the shard [offset " + std::to_string(offset) + ", numel " + std::to_string(numel) +
+                     "] must lie within the " + std::to_string(global_numel) + " elements of the whole tensor");
+  if (layout.kind == StateKind::Blockwise8 && offset % math::kBlockSize != 0)
+    throw ValueError(what + ": offset " + std::to_string(offset) + " of a shard with 8-bit block-wise state must be a "
+                     "multiple of " + std::to_string(math::kBlockSize) + " (no quantization block may span two ranks)");
+}
+
+int64_t Optimizer1State::add_param_shard(void *param, const void *grad, Dtype dtype, int64_t numel,
+                                         int64_t global_numel, int64_t offset) {
+  check_dtype(dtype);
+  const Layout layout = Layout::of(impl_->cfg, global_numel);
+  check_shard(numel, global_numel, offset, layout, "shard");
+  const bool empty = numel == 0;  // an empty shard may have NULL pointers: it points at nothing
+  if (param == nullptr && !empty) throw ValueError("param pointer is NULL");
+  if (param) check_aligned(param, dtype, "param");
   if (grad) check_aligned(grad, dtype, "grad");
   for (const ParamEntry &p : impl_->params)
-    if (p.param == param) throw ValueError("this param pointer was already added");
-  impl_->backend->check_pointer(param, "param");
+    if (param && p.param == param) throw ValueError("this param pointer was already added");
+  if (param) impl_->backend->check_pointer(param, "param");
   if (grad) impl_->backend->check_pointer(grad, "grad");
+  if (impl_->has_comm) impl_->slots.resize(impl_->backend.get(), impl_->params.size() + 1);
 
   ParamEntry e;
   e.param = param;
   e.grad = grad;
   e.dtype = dtype;
   e.n = numel;
+  e.global_n = global_numel;
+  e.offset = offset;
   e.cfg = impl_->cfg;
-  e.layout = Layout::of(e.cfg, numel);
+  e.layout = layout;
   e.state = StateBuffers(impl_->backend.get(), e.layout, numel);
   impl_->params.push_back(std::move(e));
   return static_cast<int64_t>(impl_->params.size()) - 1;
+}
+
+void Optimizer1State::set_comm(const qrms_comm *comm) {
+  Impl &m = *impl_;
+  if (comm == nullptr) {
+    m.has_comm = false;
+    m.comm = qrms_comm{};
+    return;
+  }
+  const size_t first = offsetof(qrms_comm, all_reduce) + sizeof(comm->all_reduce);
+  if (comm->struct_size < first)
+    throw ValueError("comm->struct_size " + std::to_string(comm->struct_size) +
+                     " is smaller than the first published qrms_comm (" + std::to_string(first) + ")");
+  check_struct_tail(comm, comm->struct_size, sizeof(qrms_comm), "qrms_comm");
+  if (comm->world_size < 1 || comm->rank < 0 || comm->rank >= comm->world_size)
+    throw ValueError("comm: rank " + std::to_string(comm->rank) + " is not in [0, world_size " +
+                     std::to_string(comm->world_size) + ")");
+  if (comm->all_reduce == nullptr) throw ValueError("comm->all_reduce is NULL");
+  const qrms_device_t mine = static_cast<qrms_device_t>(m.backend->device());
+  if (comm->device != mine ||
+      (mine == QRMS_DEVICE_CUDA && m.device_index >= 0 && comm->device_index != m.device_index))
+    throw DeviceError("comm works on device " + std::to_string(comm->device) + " index " +
+                      std::to_string(comm->device_index) + ", but the optimizer runs on device " +
+                      std::to_string(mine) + " index " + std::to_string(m.device_index) +
+                      " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
+  m.slots.resize(m.backend.get(), m.params.size());  // may throw: nothing changed yet
+  std::memcpy(&m.comm, comm, sizeof(qrms_comm));
+  m.comm.struct_size = sizeof(qrms_comm);
+  m.has_comm = true;
 }
 
 void Optimizer1State::set_grad(int64_t index, const void *grad) {
@@ -147,7 +200,8 @@ void Optimizer1State::set_grad(int64_t index, const void *grad) {
 void Optimizer1State::set_param_config(int64_t index, const Config &cfg) {
   ParamEntry &e = impl_->at(index);
   validate(cfg);
-  const Layout layout = Layout::of(cfg, e.n);
+  const Layout layout = Layout::of(cfg, e.global_n);
+  check_shard(e.n, e.global_n, e.offset, layout, "parameter " + std::to_string(index));
   if (layout != e.layout) {
     if (e.stepped)
       throw ValueError("parameter " + std::to_string(index) +
@@ -172,9 +226,29 @@ void Optimizer1State::set_lr(float lr) {
   for (ParamEntry &e : impl_->params) e.cfg.lr = lr;
 }
 
+// A sharded optimizer (a comm set, or any shard) reduces across ranks the
+// figures that need the whole tensor: the found-inf flag, clipping norms,
+// max_unorm norms and per-tensor 8-bit maxima. Each is one collective per
+// step at most, called on every rank or on none (the decision depends only on
+// the parameters' layouts, the same on every rank), and all of them come
+// before the first write to a parameter or its state.
 void Optimizer1State::step(void *stream) {
   Impl &m = *impl_;
   const Dtype dtypes[] = {Dtype::Float32, Dtype::Float16, Dtype::BFloat16};
+  const StateKind kinds[] = {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8};
+  bool any_clip = false, any_unorm = false, any_tensor8 = false;
+  for (size_t i = 0; i < m.params.size(); ++i) {
+    const ParamEntry &e = m.params[i];
+    any_clip = any_clip || e.layout.clip;
+    any_unorm = any_unorm || e.layout.unorm;
+    any_tensor8 = any_tensor8 || e.layout.kind == StateKind::Tensor8;
+    if (e.sharded() && !m.has_comm && (e.layout.clip || e.layout.unorm || e.layout.kind == StateKind::Tensor8 ||
+                                       m.cfg.skip_nonfinite))
+      throw ValueError("parameter " + std::to_string(i) + " is a shard and needs figures of the whole tensor "
+                       "(clipping, max_unorm, per-tensor 8-bit or skip_nonfinite): set a communicator first "
+                       "(qrms_optimizer_set_comm)");
+  }
+  const bool comm = m.has_comm;
   core::StepControl ctl;
   ctl.grad_unscale = m.grad_unscale;
   // skip_nonfinite: one pass over every gradient first; the passes below
@@ -185,52 +259,81 @@ void Optimizer1State::step(void *stream) {
     for (Dtype dtype : dtypes) {
       m.grads.clear();
       for (const ParamEntry &e : m.params)
-        if (e.grad && e.dtype == dtype) m.grads.push_back({e.grad, e.n});
+        if (e.grad && e.n > 0 && e.dtype == dtype) m.grads.push_back({e.grad, e.n});
       if (!m.grads.empty()) m.backend->check_finite(dtype, m.grads.data(), m.grads.size(), m.grad_unscale, found, stream);
     }
+    if (comm) all_reduce_flag(m, found, stream);
     ctl.skip = found;
   }
   // Percentile clipping first: it writes the gnorm_scale the updates read.
-  for (Dtype dtype : dtypes) {
-    m.clips.clear();
-    for (ParamEntry &e : m.params) {
-      if (!e.grad || e.dtype != dtype || !e.layout.clip) continue;
-      core::ClipJob j;
-      j.grad = e.grad;
-      j.n = e.n;
-      j.gnorm_vec = e.state.gnorm_vec.get<float>();
-      j.step = e.state.step.get<int64_t>();  // the update pass advances it
-      j.percentile = e.cfg.args.percentile_clipping;
-      j.gnorm_scale = e.state.gnorm_scale.get<float>();
-      m.clips.push_back(j);
-    }
-    if (!m.clips.empty()) m.backend->clip(dtype, m.clips.data(), m.clips.size(), ctl, stream);
-  }
-  for (StateKind kind : {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8}) {
+  auto clip_pass = [&](core::Pass pass) {
+    ctl.pass = pass;
     for (Dtype dtype : dtypes) {
-      m.updates.clear();
-      for (ParamEntry &e : m.params) {
-        if (!e.grad || e.dtype != dtype || e.layout.kind != kind) continue;
-        core::TensorUpdate t;
-        t.param = e.param;
-        t.grad = e.grad;
-        t.n = e.n;
-        t.state1 = e.state.state1.get();
-        t.state2 = e.state.state2.get();
-        t.scale1 = e.state.scale1.get<float>();
-        t.scale2 = e.state.scale2.get<float>();
-        t.gnorm_scale = e.state.gnorm_scale.get<float>();
-        t.unorm = e.state.unorm.get<float>();
-        t.step = e.state.step.get<int64_t>();
-        t.hp = hyper_of(e.cfg);
-        m.updates.push_back(t);
+      m.clips.clear();
+      for (size_t i = 0; i < m.params.size(); ++i) {
+        ParamEntry &e = m.params[i];
+        if (!e.steps() || e.dtype != dtype || !e.layout.clip) continue;
+        core::ClipJob j;
+        j.grad = e.grad;
+        j.n = e.n;
+        j.gnorm_vec = e.state.gnorm_vec.get<float>();
+        j.step = e.state.step.get<int64_t>();  // the update pass advances it
+        j.percentile = e.cfg.args.percentile_clipping;
+        j.gnorm_scale = e.state.gnorm_scale.get<float>();
+        j.sumsq = comm ? m.slots.clip(i) : nullptr;
+        m.clips.push_back(j);
       }
-      if (!m.updates.empty())
-        m.backend->update(kind, dtype, m.updates.data(), m.updates.size(), m.qmap.get<float>(), ctl, stream);
+      if (!m.clips.empty()) m.backend->clip(dtype, m.clips.data(), m.clips.size(), ctl, stream);
     }
+  };
+  auto update_pass = [&](core::Pass pass) {
+    ctl.pass = pass;
+    for (StateKind kind : kinds) {
+      for (Dtype dtype : dtypes) {
+        m.updates.clear();
+        for (size_t i = 0; i < m.params.size(); ++i) {
+          ParamEntry &e = m.params[i];
+          if (!e.steps() || e.dtype != dtype || e.layout.kind != kind) continue;
+          core::TensorUpdate t;
+          t.param = e.param;
+          t.grad = e.grad;
+          t.n = e.n;
+          t.state1 = e.state.state1.get();
+          t.state2 = e.state.state2.get();
+          t.scale1 = e.state.scale1.get<float>();
+          t.scale2 = e.state.scale2.get<float>();
+          t.gnorm_scale = e.state.gnorm_scale.get<float>();
+          t.unorm = comm && e.layout.unorm ? m.slots.unorm(i) : e.state.unorm.get<float>();
+          t.new_max = comm && kind == StateKind::Tensor8 ? m.slots.maxima(i) : nullptr;
+          t.step = e.state.step.get<int64_t>();
+          t.hp = hyper_of(e.cfg);
+          m.updates.push_back(t);
+        }
+        if (!m.updates.empty())
+          m.backend->update(kind, dtype, m.updates.data(), m.updates.size(), m.qmap.get<float>(), ctl, stream);
+      }
+    }
+  };
+  const int64_t np = static_cast<int64_t>(m.params.size());
+  if (comm && any_clip) {
+    m.backend->zero(m.slots.clip(0), static_cast<size_t>(np) * sizeof(float), stream);
+    clip_pass(core::Pass::Read);
+    all_reduce_sum(m, m.slots.clip(0), np, stream);
+    clip_pass(core::Pass::Write);
+  } else {
+    clip_pass(core::Pass::All);
+  }
+  if (comm && (any_unorm || any_tensor8)) {
+    m.backend->zero(m.slots.unorm(0), static_cast<size_t>(6 * np) * sizeof(float), stream);
+    update_pass(core::Pass::Read);
+    if (any_unorm) all_reduce_sum(m, m.slots.unorm(0), 2 * np, stream);
+    if (any_tensor8) all_reduce_max(m, m.slots.maxima(0), 2 * np, stream);
+    update_pass(core::Pass::Write);
+  } else {
+    update_pass(core::Pass::All);
   }
   for (ParamEntry &e : m.params)
-    if (e.grad) e.stepped = true;
+    if (e.steps()) e.stepped = true;
 }
 
 void Optimizer1State::set_grad_unscale(const float *unscale) {
@@ -254,6 +357,8 @@ int64_t Optimizer1State::get_step(int64_t index) const {
 }
 bool Optimizer1State::is_8bit(int64_t index) const { return impl_->at(index).layout.kind != StateKind::Float32; }
 int64_t Optimizer1State::numel(int64_t index) const { return impl_->at(index).n; }
+int64_t Optimizer1State::global_numel(int64_t index) const { return impl_->at(index).global_n; }
+int64_t Optimizer1State::shard_offset(int64_t index) const { return impl_->at(index).offset; }
 Dtype Optimizer1State::dtype(int64_t index) const { return impl_->at(index).dtype; }
 Device Optimizer1State::device() const { return impl_->backend->device(); }
 
@@ -267,6 +372,7 @@ std::vector<float> Optimizer1State::read_state(int64_t index, int which) const {
   const DeviceBuffer &state = which == QRMS_STATE_SQUARE_AVG ? e.state.state1 : e.state.state2;
   const DeviceBuffer &scale = which == QRMS_STATE_SQUARE_AVG ? e.state.scale1 : e.state.scale2;
   std::vector<float> out(static_cast<size_t>(e.n));
+  if (e.n == 0) return out;  // an empty shard: no buffers to copy from
   if (e.layout.kind == StateKind::Float32) {
     impl_->backend->to_host(out.data(), state.get(), state.bytes());
     return out;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "core.hpp"
@@ -67,12 +68,33 @@ struct ParamEntry {
   void *param = nullptr;
   const void *grad = nullptr;
   Dtype dtype = Dtype::Float32;
-  int64_t n = 0;
+  int64_t n = 0;          // elements this rank holds
+  int64_t global_n = 0;   // elements of the whole (logical) tensor
+  int64_t offset = 0;     // this rank's elements are [offset, offset + n) of it
   Config cfg;
   bool own_config = false;  // set by set_param_config
   bool stepped = false;     // a step has been enqueued (its state layout is fixed from then on)
   Layout layout;
   StateBuffers state;
+
+  bool sharded() const { return n != global_n; }
+  // Takes part in a step: has a grad, or is an empty shard (nothing to point at).
+  bool steps() const { return grad != nullptr || n == 0; }
+};
+
+// Device floats that a sharded step reduces across ranks, per parameter i
+// of P: sums [clip(i) at i, unorm(i) at P + 2i], maxima [2i, 2i+1] followed
+// by their NaN flags (2P more), and the found-inf flag.
+struct ReduceSlots {
+  DeviceBuffer buf;
+  size_t params = 0;
+
+  void resize(core::Backend *backend, size_t p);  // allocates; not during a step
+  float *clip(size_t i) const { return buf.get<float>() + i; }
+  float *unorm(size_t i) const { return buf.get<float>() + params + 2 * i; }
+  float *sums() const { return buf.get<float>(); }
+  float *maxima(size_t i) const { return buf.get<float>() + 3 * params + 2 * i; }
+  float *found() const { return buf.get<float>() + 7 * params; }
 };
 
 struct Optimizer1State::Impl {
@@ -87,10 +109,26 @@ struct Optimizer1State::Impl {
   std::vector<core::TensorUpdate> updates;
   std::vector<core::ClipJob> clips;
   std::vector<core::GradRef> grads;
+  int device_index = 0;
+  // The communicator of a sharded optimizer (set_comm); has_comm false: none.
+  qrms_comm comm{};
+  bool has_comm = false;
+  ReduceSlots slots;  // allocated while a comm is set
 
   ParamEntry &at(int64_t index);
+  int32_t rank() const { return has_comm ? comm.rank : 0; }
+  int32_t world() const { return has_comm ? comm.world_size : 1; }
   const ParamEntry &at(int64_t index) const;
 };
+
+// One validation of a shard: its place in the logical tensor and, for
+// block-wise 8-bit state, that no quantization block spans two ranks.
+void check_shard(int64_t numel, int64_t global_numel, int64_t offset, const Layout &layout, const std::string &what);
+
+// reduce_slots.cpp: the collectives of a sharded step, through impl.comm.
+void all_reduce_sum(const Optimizer1State::Impl &impl, float *v, int64_t n, void *stream);
+void all_reduce_max(const Optimizer1State::Impl &impl, float *v, int64_t n, void *stream);  // NaN-safe
+void all_reduce_flag(const Optimizer1State::Impl &impl, int32_t *flag, void *stream);
 
 // state_format.cpp
 size_t save_state(const Optimizer1State::Impl &impl, void *buffer, size_t capacity);

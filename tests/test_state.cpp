@@ -357,11 +357,35 @@ T peek(const std::vector<uint8_t> &b, size_t off) {
   return v;
 }
 
-// Offsets of docs/state-format.md: a 24-byte header, then record 0.
-constexpr size_t kCount = 16, kRec = 24;
-constexpr size_t kNumel = kRec + 0, kDtype = kRec + 8, kKind = kRec + 12, kStep = kRec + 20, kLr = kRec + 28,
-                 kAlpha = kRec + 32, kMomentum = kRec + 44, kBits = kRec + 48, kPct = kRec + 60,
-                 kBuffers = kRec + 76;
+// Offsets of docs/state-format.md (version 2): a 32-byte header, then record 0.
+constexpr size_t kRank = 16, kWorld = 20, kCount = 24, kRec = 32;
+constexpr size_t kNumel = kRec + 0, kGlobal = kRec + 8, kOffset = kRec + 16, kDtype = kRec + 24, kKind = kRec + 28,
+                 kStep = kRec + 36, kLr = kRec + 44, kAlpha = kRec + 48, kMomentum = kRec + 60, kBits = kRec + 64,
+                 kPct = kRec + 76, kBuffers = kRec + 92;
+
+// The same blob in format version 1 (no rank/world, no shard fields), as
+// version 0.1.0 of the library wrote it.
+std::vector<uint8_t> to_v1(const std::vector<uint8_t> &v2) {
+  std::vector<uint8_t> out(v2.begin(), v2.begin() + 16);
+  poke<uint32_t>(out, 12, 1u);
+  const uint64_t count = peek<uint64_t>(v2, kCount);
+  out.insert(out.end(), v2.begin() + kCount, v2.begin() + kCount + 8);
+  size_t at = kRec;
+  for (uint64_t r = 0; r < count; ++r) {
+    out.insert(out.end(), v2.begin() + static_cast<long>(at), v2.begin() + static_cast<long>(at + 8));  // numel
+    at += 24;                                                                   // numel, global numel, offset
+    out.insert(out.end(), v2.begin() + static_cast<long>(at), v2.begin() + static_cast<long>(at + 68));
+    at += 68;
+    for (int k = 0; k < 5; ++k) {
+      const uint64_t bytes = peek<uint64_t>(v2, at);
+      out.insert(out.end(), v2.begin() + static_cast<long>(at), v2.begin() + static_cast<long>(at + 8 + bytes));
+      at += 8 + bytes;
+    }
+  }
+  out.resize(out.size() + 8);
+  reseal(out);
+  return out;
+}
 
 }  // namespace
 
@@ -371,9 +395,13 @@ TEST_CASE("the blob follows docs/state-format.md", "[state]") {
   const std::vector<uint8_t> blob = m.opt->save();
   CHECK(std::string(reinterpret_cast<const char *>(blob.data()), 8) == "QRMSSTAT");
   CHECK(peek<uint32_t>(blob, 8) == 0x01020304u);
-  CHECK(peek<uint32_t>(blob, 12) == 1u);
+  CHECK(peek<uint32_t>(blob, 12) == 2u);
+  CHECK(peek<int32_t>(blob, kRank) == 0);
+  CHECK(peek<int32_t>(blob, kWorld) == 1);
   CHECK(peek<uint64_t>(blob, kCount) == 2u);
   CHECK(peek<int64_t>(blob, kNumel) == 300);
+  CHECK(peek<int64_t>(blob, kGlobal) == 300);
+  CHECK(peek<int64_t>(blob, kOffset) == 0);
   CHECK(peek<int32_t>(blob, kDtype) == QRMS_FLOAT32);
   CHECK(peek<int32_t>(blob, kKind) == 1);  // 8-bit block-wise
   CHECK(peek<int64_t>(blob, kStep) == 3);
@@ -402,7 +430,21 @@ TEST_CASE("blobs with a valid checksum but bad content are refused and change no
   const std::vector<Forgery> forgeries = {
       {"magic", [](std::vector<uint8_t> &b) { b[0] = 'X'; }},
       {"other byte order", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 8, 0x04030201u); }},
-      {"format version 2", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 2u); }},
+      {"format version 3", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 3u); }},
+      {"format version 0", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 0u); }},
+      {"rank beyond the world", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kRank, 1); }},
+      {"world size 0", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kWorld, 0); }},
+      {"negative rank", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kRank, -1); }},
+      {"global numel", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kGlobal, 301); }},
+      {"shard past the tensor's end", [](std::vector<uint8_t> &b) {
+         poke<int64_t>(b, kGlobal, 300);
+         poke<int64_t>(b, kOffset, 256);
+       }},
+      {"block-wise shard off a block boundary", [](std::vector<uint8_t> &b) {
+         poke<int64_t>(b, kGlobal, 400);
+         poke<int64_t>(b, kOffset, 100);
+       }},
+      {"negative offset", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kOffset, -256); }},
       {"one parameter more", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kCount, 3u); }},
       {"one parameter less", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kCount, 1u); }},
       {"numel", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kNumel, 301); }},
@@ -435,4 +477,26 @@ TEST_CASE("blobs with a valid checksum but bad content are refused and change no
   victim.opt->load(good.data(), good.size());
   CHECK(victim.opt->param_config(0).lr == 0.125f);
   CHECK_SAME(victim.opt->save(), good);
+}
+
+TEST_CASE("format version 1 blobs load as unsharded state", "[state]") {
+  const Spec s = small_spec();
+  Model src = build(s, 3);
+  train(src, 0, 3);
+  const std::vector<uint8_t> blob = src.opt->save();
+  const std::vector<uint8_t> v1 = to_v1(blob);
+  REQUIRE(v1.size() == blob.size() - 8 - 2 * 16);
+  Model a = build(s), b = build(s);
+  a.opt->load(blob.data(), blob.size());
+  b.opt->load(v1.data(), v1.size());
+  CHECK_SAME(b.opt->save(), blob);  // saved again in version 2, the same state
+  copy_params(src, a);
+  copy_params(src, b);
+  train(a, 3, 5);
+  train(b, 3, 5);
+  CHECK(same_params(a, b));
+  // Version 1 is checked as strictly: a flipped byte is refused.
+  std::vector<uint8_t> bad = v1;
+  bad[40] ^= 1;
+  CHECK_THROWS_AS(b.opt->load(bad.data(), bad.size()), qrms::BadStateError);
 }

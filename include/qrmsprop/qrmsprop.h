@@ -201,6 +201,69 @@ QRMS_API qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t i
                                                  qrms_dtype_t *dtype_out, int32_t *state_bits_out);
 
 /* ------------------------------------------------------------------------ */
+/* Sharded optimizers (docs/distributed.md): each rank of a data-parallel job
+ * holds a slice of every (flattened) parameter and steps only that slice. */
+
+/* Registers this rank's elements [offset, offset + numel) of a logical
+ * tensor of global_numel elements; numel may be 0 (then param and grad may
+ * be NULL, and the shard takes part in every step). Every rank adds the same
+ * logical parameters, with the same dtype, in the same order. The state kind
+ * follows global_numel (min_8bit_size applies to it, so every rank picks the
+ * same), and for 8-bit block-wise state offset is a multiple of 256 (no
+ * quantization block spans two ranks). qrms_optimizer_add_param(...) is
+ * the same as numel == global_numel, offset == 0. Errors: as add_param, and
+ * INVALID_ARGUMENT for a shard outside [0, global_numel) or a misplaced
+ * block-wise offset. */
+QRMS_API qrms_status_t qrms_optimizer_add_param_shard(qrms_optimizer_t opt, void *param, const void *grad,
+                                                      qrms_dtype_t dtype, int64_t numel, int64_t global_numel,
+                                                      int64_t offset, int64_t *index_out);
+/* Where parameter `index` lies in its logical tensor. Either output may be NULL. */
+QRMS_API qrms_status_t qrms_optimizer_shard_info(qrms_optimizer_t opt, int64_t index, int64_t *global_numel_out,
+                                                 int64_t *offset_out);
+
+typedef int32_t qrms_reduce_op_t;
+#define QRMS_REDUCE_SUM 0
+#define QRMS_REDUCE_MAX 1
+
+/* The collectives a sharded step needs, supplied by the caller (or by an
+ * adapter: qrmsprop_mpi.h, qrmsprop_nccl.h). Size-first: later versions
+ * append fields. */
+typedef struct qrms_comm {
+  size_t struct_size;     /* sizeof(qrms_comm) */
+  int32_t rank;           /* this process, 0 <= rank < world_size */
+  int32_t world_size;     /* >= 1 */
+  qrms_device_t device;   /* where `data` lives: the optimizer's device */
+  int32_t device_index;   /* its CUDA device (ignored for the CPU) */
+  void *user;             /* passed to all_reduce as it is */
+  /* In-place all-reduce of `count` floats at `data` (device memory), op
+   * QRMS_REDUCE_SUM or QRMS_REDUCE_MAX, ordered on `stream` (CUDA) without
+   * waiting for it. Every rank calls it the same number of times with the
+   * same count and op. Returns QRMS_SUCCESS, or a status the step returns. */
+  qrms_status_t (*all_reduce)(void *user, float *data, int64_t count, qrms_reduce_op_t op,
+                              qrms_stream_t stream);
+} qrms_comm;
+
+/* Sets the communicator (copied; NULL removes it). With one, each step
+ * reduces across ranks what needs the whole tensor (the found-inf flag of
+ * skip_nonfinite, percentile-clipping norms, max_unorm norms, per-tensor
+ * 8-bit maxima), so every rank computes the same scales: at most 4
+ * all-reduces per step, all before the step writes anything. A shard that
+ * needs one of these steps only with a comm set. save records comm's rank
+ * and world size. Errors: INVALID_ARGUMENT (struct_size, rank, world_size,
+ * all_reduce NULL), DEVICE (comm on another device than the optimizer). */
+QRMS_API qrms_status_t qrms_optimizer_set_comm(qrms_optimizer_t opt, const qrms_comm *comm);
+
+/* Merges the save blobs of all ranks of a sharded optimizer (count blobs,
+ * any order) into the blob of one unsharded optimizer, which loads into an
+ * optimizer of whole tensors, or into a sharded optimizer of any world size
+ * (each rank takes its slices). out NULL with capacity 0 only reports the
+ * size in *size_out; a smaller capacity is INVALID_ARGUMENT and writes
+ * nothing. BAD_STATE for a bad blob, a missing or doubled rank, blobs of
+ * different optimizers, or shards that do not tile their tensors. */
+QRMS_API qrms_status_t qrms_state_merge(const void *const *blobs, const size_t *sizes, int32_t count, void *out,
+                                        size_t capacity, size_t *size_out);
+
+/* ------------------------------------------------------------------------ */
 /* Quantization. */
 
 /* bitsandbytes' create_dynamic_map(signed, 7, 8): 256 ascending values. */

@@ -94,6 +94,12 @@ class Optimizer1State {
 
   // Registers a parameter (state allocated now, zeroed); returns its index.
   int64_t add_param(void *param, const void *grad, Dtype dtype, int64_t numel);
+  // Registers this rank's elements [offset, offset + numel) of a tensor of
+  // global_numel elements (numel may be 0). See qrms_optimizer_add_param_shard.
+  int64_t add_param_shard(void *param, const void *grad, Dtype dtype, int64_t numel, int64_t global_numel,
+                          int64_t offset);
+  // The communicator of a sharded optimizer (copied); nullptr removes it.
+  void set_comm(const qrms_comm *comm);
   void set_grad(int64_t index, const void *grad);
   // Per-parameter override (bitsandbytes' GlobalOptimManager.override_config).
   void set_param_config(int64_t index, const Config &cfg);
@@ -119,6 +125,8 @@ class Optimizer1State {
   // True when the parameter's state is 8-bit.
   bool is_8bit(int64_t index) const;
   int64_t numel(int64_t index) const;
+  int64_t global_numel(int64_t index) const;
+  int64_t shard_offset(int64_t index) const;
   Dtype dtype(int64_t index) const;
   int64_t state_bytes() const;
   Device device() const;
@@ -134,6 +142,12 @@ class Optimizer1State {
  protected:
   std::unique_ptr<Impl> impl_;
 };
+
+// Merges the blobs of every rank of a sharded optimizer (one per rank, any
+// order) into the blob of one unsharded optimizer; returns its size. out ==
+// nullptr with capacity 0 only returns the size. Throws BadStateError for a
+// missing or doubled rank or shards that do not tile their tensors.
+size_t merge_states(const void *const *blobs, const size_t *sizes, size_t count, void *out, size_t capacity);
 
 class RMSprop : public Optimizer1State {
  public:
