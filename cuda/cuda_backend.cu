@@ -227,7 +227,7 @@ class CudaBackend final : public Backend {
           b.count = 0;
           b.chunk_start[0] = 0;
           for (; i < count && b.count < gpu::kMaxTensors; ++i) add_tensor(b, tensors[i], kind, dtype);
-          run_update<T, K>(b, static_cast<cudaStream_t>(stream));
+          run_update<T, K>(b, ctl.pass, static_cast<cudaStream_t>(stream));
         }
       });
     });
@@ -238,7 +238,7 @@ class CudaBackend final : public Backend {
     for (size_t i = 0; i < count; ++i) {
       const ClipJob &j = jobs[i];
       if ((!j.grad && j.n > 0) || !j.gnorm_vec || !j.step || !j.gnorm_scale || j.n < 0 || j.percentile < 0 ||
-          j.percentile >= math::kGnormHistory)
+          j.percentile >= math::kGnormHistory || (ctl.pass != Pass::All && !j.sumsq))
         throw Error(QRMS_ERROR_INTERNAL, "CUDA clip: incomplete clip job " + std::to_string(i));
     }
     DeviceGuard guard(device_);
@@ -260,6 +260,7 @@ class CudaBackend final : public Backend {
           m.gnorm_vec = j.gnorm_vec;
           m.step = j.step;
           m.gnorm_scale = j.gnorm_scale;
+          m.acc = j.sumsq ? j.sumsq : j.gnorm_scale;
           m.n = j.n;
           m.percentile = j.percentile;
           m.vec = aligned(j.grad, 16) ? 1 : 0;
@@ -268,11 +269,14 @@ class CudaBackend final : public Backend {
           ++b.count;
         }
         b.total_chunks = b.chunk_start[b.count];
-        launch(gpu::clip_prep_kernel(), 1, gpu::kThreads, st, "percentile clipping (zero)", &b);
-        if (b.total_chunks > 0)
-          launch_walk(gpu::clip_norm_kernel<T>(), b.total_chunks, st, "percentile clipping (norms)", &b);
-        launch(gpu::clip_finalize_kernel(), static_cast<unsigned>(b.count), gpu::kClipThreads, st,
-               "percentile clipping (scale)", &b);
+        if (ctl.pass != Pass::Write) {
+          launch(gpu::clip_prep_kernel(), 1, gpu::kThreads, st, "percentile clipping (zero)", &b);
+          if (b.total_chunks > 0)
+            launch_walk(gpu::clip_norm_kernel<T>(), b.total_chunks, st, "percentile clipping (norms)", &b);
+        }
+        if (ctl.pass != Pass::Read)
+          launch(gpu::clip_finalize_kernel(), static_cast<unsigned>(b.count), gpu::kClipThreads, st,
+                 "percentile clipping (scale)", &b);
       }
     });
   }
@@ -303,6 +307,13 @@ class CudaBackend final : public Backend {
           launch_walk(gpu::finite_kernel<T>(), b.total_chunks, st, "non-finite gradient check", &b, &found);
       }
     });
+  }
+
+  void slots(SlotOp op, float *v, int64_t n, int32_t *flag, void *stream) override {
+    DeviceGuard guard(device_);
+    int o = static_cast<int>(op);
+    launch(gpu::slots_kernel(), 1, gpu::kThreads, static_cast<cudaStream_t>(stream), "reduction slots", &o, &v, &n,
+           &flag);
   }
 
   void quantize_blockwise(const float *qmap, const float *in, uint8_t *codes, float *absmax, int64_t n,
@@ -375,6 +386,7 @@ class CudaBackend final : public Backend {
     m.gnorm_scale = t.gnorm_scale;
     m.unorm = t.unorm;
     m.step = t.step;
+    m.new_max = t.new_max;
     m.n = t.n;
     m.hp = t.hp;
     // 8 elements per thread: 16-byte accesses of params/grads/float state,
@@ -384,24 +396,44 @@ class CudaBackend final : public Backend {
              aligned(t.state1, state_align) && (!t.state2 || aligned(t.state2, state_align)))
                 ? 1
                 : 0;
-    b.chunk_start[b.count + 1] = b.chunk_start[b.count] + chunks_of(t.n);
+    // An empty tensor (an empty shard) still gets one chunk: its block counts the step.
+    b.chunk_start[b.count + 1] = b.chunk_start[b.count] + std::max<int64_t>(1, chunks_of(t.n));
     ++b.count;
   }
 
   // The launches of one table, in stream order:
-  //   [prep]   zero unorm sums (and Tensor8's new_max1)   if max_unorm or Tensor8
-  //   [reduce] pre-pass: sums of squares, new_max1        if max_unorm or Tensor8
-  //   update   the element math, params and state
-  //   [final]  Tensor8: max1 := new_max1
+  //   [prep]   zero unorm sums (and Tensor8's new_max1)   if max_unorm or Tensor8   (pass All, Read)
+  //   [reduce] pre-pass: sums of squares, new_max1        if max_unorm or Tensor8   (pass All, Read)
+  //   [take]   Tensor8: new_max1 := the reduced maxima                              (pass Write)
+  //   update   the element math, params and state                                   (pass All, Write)
+  //   [final]  Tensor8: max1 := new_max1                                            (pass All, Write)
   template <typename T, StateKind K>
-  void run_update(gpu::UpdateBatch &b, cudaStream_t st) {
+  void run_update(gpu::UpdateBatch &b, Pass pass, cudaStream_t st) {
     b.total_chunks = b.chunk_start[b.count];
     constexpr bool tensor8 = K == StateKind::Tensor8;
-    int zero_new_max = tensor8 ? 1 : 0;
+    int mode = tensor8 ? gpu::kPrepZeroMax : gpu::kPrepZero;
     const bool any_unorm =
         std::any_of(b.t, b.t + b.count, [](const gpu::TensorMeta &m) { return m.hp.max_unorm > 0.0f; });
-    if (tensor8 || any_unorm)
-      launch(gpu::update_prep_kernel(), 1, gpu::kThreads, st, "update (zero)", &b, &zero_new_max);
+    if (pass != Pass::Read) {
+      if (pass == Pass::Write) {
+        if (tensor8) {
+          int take = gpu::kPrepTakeMax;
+          launch(gpu::update_prep_kernel(), 1, gpu::kThreads, st, "update (take maxima)", &b, &take);
+        }
+      } else {
+        run_pre_pass<T, K>(b, any_unorm, mode, st);
+      }
+      if (b.total_chunks > 0) launch_walk(gpu::update_kernel<T, K>(), b.total_chunks, st, "update", &b);
+      if (tensor8) launch(gpu::tensor8_finalize_kernel(), 1, gpu::kThreads, st, "update (max1 swap)", &b, &mode);
+      return;
+    }
+    run_pre_pass<T, K>(b, any_unorm, mode, st);
+  }
+
+  template <typename T, StateKind K>
+  void run_pre_pass(gpu::UpdateBatch &b, bool any_unorm, int &mode, cudaStream_t st) {
+    constexpr bool tensor8 = K == StateKind::Tensor8;
+    if (tensor8 || any_unorm) launch(gpu::update_prep_kernel(), 1, gpu::kThreads, st, "update (zero)", &b, &mode);
     if (tensor8) {
       if (b.total_chunks > 0) launch_walk(gpu::reduce_kernel<T, K>(), b.total_chunks, st, "update (pre-pass)", &b);
     } else if (any_unorm) {
@@ -421,8 +453,6 @@ class CudaBackend final : public Backend {
       s.total_chunks = s.chunk_start[s.count];
       if (s.total_chunks > 0) launch_walk(gpu::reduce_kernel<T, K>(), s.total_chunks, st, "update (pre-pass)", &s);
     }
-    if (b.total_chunks > 0) launch_walk(gpu::update_kernel<T, K>(), b.total_chunks, st, "update", &b);
-    if (tensor8) launch(gpu::tensor8_finalize_kernel(), 1, gpu::kThreads, st, "update (max1 swap)", &b, &zero_new_max);
   }
 
   int device_;

@@ -39,12 +39,13 @@ struct TensorMeta {
   const float *gnorm_scale;  // nullptr: 1
   float *unorm;              // {sum u^2, sum P^2} when hp.max_unorm > 0
   int64_t *step;             // steps taken; the update kernel adds 1 (nullptr: none)
+  float *new_max;            // Tensor8 of a sharded step: the pre-pass's maxima (nullptr: scale1[1], scale2[1])
   int64_t n;
   math::Hyper hp;
   int32_t vec;  // 1: every pointer allows 8-element vector access
 };
 
-constexpr int kMaxTensors = 256;
+constexpr int kMaxTensors = 248;  // the largest that fits kParamLimit
 
 struct UpdateBatch {
   const float *qmap;  // 256 device floats (8-bit kinds)
@@ -63,7 +64,8 @@ struct ClipMeta {
   const void *grad;
   float *gnorm_vec;  // 100 floats
   int64_t *step;       // steps taken before this one
-  float *gnorm_scale;  // accumulates q, then holds the scale
+  float *gnorm_scale;  // the scale
+  float *acc;          // accumulates q: gnorm_scale, or a sharded step's sum slot
   int64_t n;
   int32_t percentile;
   int32_t vec;
@@ -85,9 +87,17 @@ struct ClipBatch {
 };
 static_assert(sizeof(ClipBatch) + 16 <= kParamLimit, "clip table exceeds the kernel parameter limit");
 
+// What update_prep_kernel does to each tensor of its table.
+enum PrepMode : int {
+  kPrepZero = 0,        // zero the max_unorm sums
+  kPrepZeroMax = 1,     // and Tensor8's new_max1 targets
+  kPrepTakeMax = 2,     // sharded Write pass: scale[1] := new_max (the reduced maxima)
+};
+
 // Kernel handles for cudaLaunchKernel, defined (and instantiated) in the
 // kernel files. Update kernels take (UpdateBatch); prep/finalize kernels
-// (UpdateBatch, int zero_new_max); clip kernels (ClipBatch).
+// (UpdateBatch, int mode); clip kernels (ClipBatch); slots_kernel
+// (int op, float *v, int64_t n, int32_t *flag), op a core::SlotOp.
 template <typename T, core::StateKind K>
 const void *update_kernel();
 template <typename T, core::StateKind K>
@@ -104,6 +114,7 @@ const void *finite_kernel();
 // (qmap, in, codes, absmax, n, blocksize) and (qmap, codes, absmax, out, n, blocksize)
 const void *quantize_blockwise_kernel();
 const void *dequantize_blockwise_kernel();
+const void *slots_kernel();
 
 }  // namespace gpu
 }  // namespace qrms

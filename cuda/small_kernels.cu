@@ -18,15 +18,24 @@ struct NanMax {
 
 // ---- around the update ------------------------------------------------------
 
-// Zeroes the accumulators the pre-pass adds into: {sum u^2, sum P^2} of every
-// max_unorm tensor and, for Tensor8 (zero_new_max), new_max1 of s and b.
-__global__ void update_prep_kernel_impl(const __grid_constant__ UpdateBatch args, int zero_new_max) {
+// Zeroes the accumulators the pre-pass adds into (PrepMode): {sum u^2,
+// sum P^2} of every max_unorm tensor and, for Tensor8, new_max1 of s and b;
+// or, in a sharded step's writing pass, takes the reduced maxima.
+__global__ void update_prep_kernel_impl(const __grid_constant__ UpdateBatch args, int mode) {
   if (args.skip && *args.skip) return;
   for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) {
     const TensorMeta &m = args.t[i];
-    if (zero_new_max) {
-      m.scale1[1] = 0.0f;
-      if (m.scale2) m.scale2[1] = 0.0f;
+    if (mode == kPrepTakeMax) {
+      if (m.new_max) {
+        m.scale1[1] = m.new_max[0];
+        if (m.scale2) m.scale2[1] = m.new_max[1];
+      }
+      continue;
+    }
+    if (mode == kPrepZeroMax) {
+      float *nm = m.new_max ? m.new_max : m.scale1 + 1;
+      nm[0] = 0.0f;
+      if (m.scale2) (m.new_max ? m.new_max[1] : m.scale2[1]) = 0.0f;
     }
     if (m.hp.max_unorm > 0.0f) {
       m.unorm[0] = 0.0f;
@@ -50,7 +59,7 @@ __global__ void tensor8_finalize_kernel_impl(const __grid_constant__ UpdateBatch
 // gnorm_scale of each job is the accumulator of q = sum(float(G)^2).
 __global__ void clip_prep_kernel_impl(const __grid_constant__ ClipBatch args) {
   if (args.skip && *args.skip) return;
-  for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) *args.j[i].gnorm_scale = 0.0f;
+  for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) *args.j[i].acc = 0.0f;
 }
 
 // q of every job: products in float, sums in double (as the CPU backend),
@@ -68,7 +77,7 @@ __global__ void __launch_bounds__(kThreads) clip_norm_kernel_impl(const __grid_c
     if (ti != cur) {  // uniform over the block
       if (cur >= 0) {
         const double total = Reduce(tmp).Sum(acc);
-        if (threadIdx.x == 0) atomicAdd(args.j[cur].gnorm_scale, float(total));
+        if (threadIdx.x == 0) atomicAdd(args.j[cur].acc, float(total));
         __syncthreads();
       }
       acc = 0.0;
@@ -87,7 +96,7 @@ __global__ void __launch_bounds__(kThreads) clip_norm_kernel_impl(const __grid_c
   }
   if (cur >= 0) {
     const double total = Reduce(tmp).Sum(acc);
-    if (threadIdx.x == 0) atomicAdd(args.j[cur].gnorm_scale, float(total));
+    if (threadIdx.x == 0) atomicAdd(args.j[cur].acc, float(total));
   }
 }
 
@@ -107,7 +116,7 @@ __global__ void __launch_bounds__(kClipThreads) clip_finalize_kernel_impl(const 
     if (m.advance) *m.step = step;
   }
   __syncthreads();
-  if (t == 0) math::record_gnorm(hist, step, *m.gnorm_scale);
+  if (t == 0) math::record_gnorm(hist, step, *m.acc);
   __syncthreads();
   // Rank sort: entry t goes after every smaller entry and every equal one
   // with a lower index. (sorted is pre-filled so NaN entries leave no holes.)

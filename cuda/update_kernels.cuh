@@ -104,8 +104,8 @@ QRMS_DEV void flush_partial(const TensorMeta &m, const Partial &acc, typename Pa
   const Partial total = PartialReduce(tmp).Reduce(acc, CombinePartial{});
   if (threadIdx.x == 0) {
     if constexpr (K == StateKind::Tensor8) {
-      atomic_max_nonneg(m.scale1 + 1, total.max1);
-      if (m.scale2) atomic_max_nonneg(m.scale2 + 1, total.max2);
+      atomic_max_nonneg(m.new_max ? m.new_max : m.scale1 + 1, total.max1);
+      if (m.scale2) atomic_max_nonneg(m.new_max ? m.new_max + 1 : m.scale2 + 1, total.max2);
     }
     if (m.hp.max_unorm > 0.0f) {
       atomicAdd(m.unorm, float(total.u_sumsq));

@@ -1,0 +1,286 @@
+// One rank of a sharded run against one process holding whole tensors,
+// through the C ABI. Used by tests/test_shard.cpp (ranks as threads, a fake
+// communicator) and tests/mpi/mpi_shard.cpp (ranks as MPI processes), so
+// both check the same things. Free of Catch2: every check returns a message
+// ("" when it holds), because Catch2 2.x must not be called from threads.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "qrmsprop/qrmsprop.h"
+
+namespace shard {
+
+struct Tensor {
+  qrms_dtype_t dtype;
+  int64_t n;
+};
+
+struct Case {
+  std::string name;
+  qrms_variant_t variant;
+  qrms_config cfg;
+  std::vector<Tensor> tensors;
+  bool exact;            // same bits as one process; else within float tolerance
+  int inject_inf = -1;   // step at which one gradient element is inf (skip_nonfinite)
+};
+
+inline qrms_config base_config() {
+  qrms_config c;
+  qrms_config_init(&c);
+  c.lr = 2e-3f;
+  return c;
+}
+
+inline std::vector<Case> cases() {
+  std::vector<Case> out;
+  {
+    Case c{"32-bit, momentum, weight decay", QRMS_RMSPROP_32BIT, base_config(), {}, true};
+    c.cfg.momentum = 0.9f;
+    c.cfg.weight_decay = 0.01f;
+    c.tensors = {{QRMS_FLOAT32, 5000}, {QRMS_BFLOAT16, 3001}, {QRMS_FLOAT32, 37}};
+    out.push_back(c);
+  }
+  {
+    Case c{"8-bit block-wise, momentum", QRMS_RMSPROP_8BIT, base_config(), {}, true};
+    c.cfg.momentum = 0.5f;
+    c.tensors = {{QRMS_FLOAT32, 10000}, {QRMS_BFLOAT16, 4500}, {QRMS_FLOAT32, 700}};  // the last stays 32-bit
+    out.push_back(c);
+  }
+  {
+    Case c{"8-bit per-tensor, momentum", QRMS_RMSPROP_8BIT, base_config(), {}, true};
+    c.cfg.block_wise = 0;
+    c.cfg.momentum = 0.9f;
+    c.cfg.min_8bit_size = 1000;
+    c.tensors = {{QRMS_FLOAT32, 6000}, {QRMS_BFLOAT16, 2000}};
+    out.push_back(c);
+  }
+  {
+    Case c{"skip_nonfinite, 8-bit block-wise", QRMS_RMSPROP_8BIT, base_config(), {}, true};
+    c.cfg.skip_nonfinite = 1;
+    c.inject_inf = 2;
+    c.tensors = {{QRMS_FLOAT32, 9000}, {QRMS_BFLOAT16, 5000}};
+    out.push_back(c);
+  }
+  {
+    Case c{"percentile clipping and max_unorm, 8-bit block-wise", QRMS_RMSPROP_8BIT, base_config(), {}, false};
+    c.cfg.percentile_clipping = 50;
+    c.cfg.max_unorm = 0.5f;
+    c.cfg.momentum = 0.9f;
+    c.tensors = {{QRMS_FLOAT32, 9000}, {QRMS_BFLOAT16, 4100}, {QRMS_FLOAT32, 300}};
+    out.push_back(c);
+  }
+  {
+    Case c{"percentile clipping, max_unorm, 32-bit and per-tensor 8-bit", QRMS_RMSPROP, base_config(), {}, false};
+    c.cfg.optim_bits = 8;
+    c.cfg.block_wise = 0;
+    c.cfg.percentile_clipping = 20;
+    c.cfg.max_unorm = 1.0f;
+    c.cfg.min_8bit_size = 2000;
+    c.tensors = {{QRMS_FLOAT32, 6000}, {QRMS_FLOAT32, 1000}};
+    out.push_back(c);
+  }
+  return out;
+}
+
+inline bool blockwise8(const Case &c, int64_t n) {
+  const bool bits8 = c.variant == QRMS_RMSPROP_8BIT || (c.variant == QRMS_RMSPROP && c.cfg.optim_bits == 8);
+  return bits8 && c.cfg.block_wise && n >= c.cfg.min_8bit_size;
+}
+
+// This rank's part of n elements in a world of `world`: uneven on purpose
+// (rank 0 a third of two ranks' elements; with three ranks, rank 1 empty),
+// cut at multiples of 256 where the state is block-wise 8-bit.
+inline void split(const Case &c, int64_t n, int rank, int world, int64_t &offset, int64_t &len) {
+  std::vector<int64_t> cuts = {0};
+  const int64_t align = blockwise8(c, n) ? 256 : 1;
+  if (world == 2) cuts.push_back(n / 3 / align * align);
+  if (world == 3) {
+    cuts.push_back(n / 2 / align * align);
+    cuts.push_back(n / 2 / align * align);
+  }
+  for (int r = 4; r <= world; ++r) cuts.push_back(n * (r - 1) / world / align * align);
+  cuts.push_back(n);
+  offset = cuts[static_cast<size_t>(rank)];
+  len = cuts[static_cast<size_t>(rank) + 1] - offset;
+}
+
+// Deterministic values from (tensor, element, step): every rank makes its
+// slice of the same global tensors without talking to the others.
+inline float hash_unit(uint64_t x) {  // in [-1, 1)
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  x ^= x >> 33;
+  return static_cast<float>(static_cast<double>(x >> 40) / double(1ull << 23) - 1.0);
+}
+inline float init_value(size_t k, int64_t i) { return hash_unit((k + 1) * 0x9e3779b97f4a7c15ull + uint64_t(i)); }
+inline float grad_value(size_t k, int64_t i, int step) {
+  const float spike = step % 3 == 2 ? 8.0f : 1.0f;  // norms that vary, so clipping acts
+  return spike * hash_unit((k + 11) * 0x9e3779b97f4a7c15ull + uint64_t(i) * 131 + uint64_t(step) * 7919);
+}
+
+inline uint16_t to_bf16(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return static_cast<uint16_t>((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+inline float from_bf16(uint16_t h) {
+  const uint32_t b = uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+
+// n elements of a dtype (float32 or bfloat16).
+struct Buf {
+  qrms_dtype_t dtype = QRMS_FLOAT32;
+  std::vector<float> f;
+  std::vector<uint16_t> h;
+  Buf(qrms_dtype_t d, int64_t n) : dtype(d) {
+    if (d == QRMS_FLOAT32) f.assign(static_cast<size_t>(n), 0.0f);
+    else h.assign(static_cast<size_t>(n), 0);
+  }
+  void set(int64_t i, float v) {
+    if (dtype == QRMS_FLOAT32) f[static_cast<size_t>(i)] = v;
+    else h[static_cast<size_t>(i)] = to_bf16(v);
+  }
+  float get(int64_t i) const {
+    return dtype == QRMS_FLOAT32 ? f[static_cast<size_t>(i)] : from_bf16(h[static_cast<size_t>(i)]);
+  }
+  void *data() {  // NULL when empty (an empty shard points at nothing)
+    if (dtype == QRMS_FLOAT32) return f.empty() ? nullptr : f.data();
+    return h.empty() ? nullptr : h.data();
+  }
+};
+
+// An optimizer with this rank's slices (or, with world 0, whole tensors).
+struct Model {
+  qrms_optimizer_t opt = nullptr;
+  std::vector<Buf> p, g;
+  std::vector<int64_t> offset, len;
+  Model() = default;
+  Model(const Model &) = delete;
+  Model &operator=(const Model &) = delete;
+  ~Model() { qrms_optimizer_destroy(opt); }
+};
+
+inline std::string fail(const std::string &what) { return what + ": " + qrms_last_error(); }
+
+// `world` 0: whole tensors. Params start from init_value, or from `from`
+// (a whole model) when given.
+inline std::string make(Model &m, const Case &c, int rank, int world, const qrms_comm *comm,
+                        const Model *from = nullptr) {
+  if (qrms_optimizer_create(&m.opt, c.variant, &c.cfg, QRMS_DEVICE_CPU, 0) != QRMS_SUCCESS) return fail("create");
+  if (comm && qrms_optimizer_set_comm(m.opt, comm) != QRMS_SUCCESS) return fail("set_comm");
+  for (size_t k = 0; k < c.tensors.size(); ++k) {
+    const Tensor &t = c.tensors[k];
+    int64_t off = 0, len = t.n;
+    if (world > 0) split(c, t.n, rank, world, off, len);
+    m.p.emplace_back(t.dtype, len);
+    m.g.emplace_back(t.dtype, len);
+    m.offset.push_back(off);
+    m.len.push_back(len);
+    for (int64_t i = 0; i < len; ++i) m.p[k].set(i, from ? from->p[k].get(off + i) : init_value(k, off + i));
+    const qrms_status_t st =
+        world > 0 ? qrms_optimizer_add_param_shard(m.opt, m.p[k].data(), m.g[k].data(), t.dtype, len, t.n, off, nullptr)
+                  : qrms_optimizer_add_param(m.opt, m.p[k].data(), m.g[k].data(), t.dtype, len, nullptr);
+    if (st != QRMS_SUCCESS) return fail("add param " + std::to_string(k));
+  }
+  return "";
+}
+
+inline std::string step(Model &m, const Case &c, int t) {
+  for (size_t k = 0; k < m.p.size(); ++k)
+    for (int64_t i = 0; i < m.len[k]; ++i) {
+      const int64_t gi = m.offset[k] + i;
+      const bool inf = t == c.inject_inf && k == 0 && gi == c.tensors[0].n - 3;  // on the last rank's part
+      m.g[k].set(i, inf ? INFINITY : grad_value(k, gi, t));
+    }
+  if (qrms_optimizer_step(m.opt, nullptr) != QRMS_SUCCESS) return fail("step " + std::to_string(t));
+  return "";
+}
+
+// This rank's slices of `shard` against the same elements of `whole`.
+inline std::string compare(const Model &shard, const Model &whole, bool exact, const std::string &when) {
+  for (size_t k = 0; k < shard.p.size(); ++k)
+    for (int64_t i = 0; i < shard.len[k]; ++i) {
+      const float a = shard.p[k].get(i), b = whole.p[k].get(shard.offset[k] + i);
+      const bool same = exact ? std::memcmp(&a, &b, 4) == 0 : std::fabs(a - b) <= 1e-5f + 1e-3f * std::fabs(b);
+      if (!same)
+        return when + ": tensor " + std::to_string(k) + " element " + std::to_string(shard.offset[k] + i) +
+               ": sharded " + std::to_string(a) + ", one process " + std::to_string(b);
+    }
+  int32_t fa = 0, fb = 0;
+  qrms_optimizer_read_found_inf(shard.opt, &fa);
+  qrms_optimizer_read_found_inf(whole.opt, &fb);
+  if (fa != fb) return when + ": found-inf flag " + std::to_string(fa) + ", one process " + std::to_string(fb);
+  return "";
+}
+
+inline std::vector<uint8_t> save(const Model &m) {
+  size_t size = 0;
+  qrms_optimizer_save(m.opt, nullptr, 0, &size);
+  std::vector<uint8_t> blob(size);
+  if (qrms_optimizer_save(m.opt, blob.data(), blob.size(), &size) != QRMS_SUCCESS) blob.clear();
+  return blob;
+}
+
+// Every rank's blob, on every rank.
+using Gather = std::function<std::vector<std::vector<uint8_t>>(const std::vector<uint8_t> &)>;
+
+constexpr int kSteps = 4, kResumeSteps = 3;
+
+// One case on this rank of `comm`: kSteps sharded steps against whole
+// tensors, then save, gather, merge, and (where `resume` is given: this
+// rank's place in a smaller world) kResumeSteps more from the merged blob.
+inline std::string run_case(const Case &c, const qrms_comm &comm, const Gather &gather, const qrms_comm *resume) {
+  const std::string at = c.name + " (rank " + std::to_string(comm.rank) + " of " + std::to_string(comm.world_size) + ")";
+  Model whole, sharded;
+  std::string err = make(whole, c, 0, 0, nullptr);
+  if (err.empty()) err = make(sharded, c, comm.rank, comm.world_size, &comm);
+  for (int t = 0; t < kSteps && err.empty(); ++t) {
+    err = step(whole, c, t);
+    if (err.empty()) err = step(sharded, c, t);
+    if (err.empty()) err = compare(sharded, whole, c.exact, "step " + std::to_string(t));
+  }
+  if (!err.empty()) return at + ": " + err;
+
+  const std::vector<std::vector<uint8_t>> blobs = gather(save(sharded));
+  std::vector<const void *> ptrs;
+  std::vector<size_t> sizes;
+  for (const auto &b : blobs) {
+    ptrs.push_back(b.data());
+    sizes.push_back(b.size());
+  }
+  size_t size = 0;
+  if (qrms_state_merge(ptrs.data(), sizes.data(), static_cast<int32_t>(ptrs.size()), nullptr, 0, &size) != QRMS_SUCCESS)
+    return at + ": " + fail("merge (size)");
+  std::vector<uint8_t> merged(size);
+  if (qrms_state_merge(ptrs.data(), sizes.data(), static_cast<int32_t>(ptrs.size()), merged.data(), size, &size) !=
+      QRMS_SUCCESS)
+    return at + ": " + fail("merge");
+  // Without cross-rank sums the merged state is the one-process state, byte for byte.
+  if (c.exact && merged != save(whole)) return at + ": the merged blob differs from the one-process blob";
+  if (!resume) return "";
+
+  Model resumed;
+  err = make(resumed, c, resume->rank, resume->world_size, resume, &whole);
+  if (err.empty() && qrms_optimizer_load(resumed.opt, merged.data(), merged.size()) != QRMS_SUCCESS)
+    err = fail("load the merged blob");
+  for (int t = kSteps; t < kSteps + kResumeSteps && err.empty(); ++t) {
+    err = step(whole, c, t);
+    if (err.empty()) err = step(resumed, c, t);
+    if (err.empty()) err = compare(resumed, whole, c.exact, "resumed at " + std::to_string(resume->world_size) +
+                                                                 " ranks, step " + std::to_string(t));
+  }
+  return err.empty() ? "" : at + ": " + err;
+}
+
+}  // namespace shard
