@@ -1,0 +1,35 @@
+/* qrms_comm over MPI (include/qrmsprop/qrmsprop_mpi.h). */
+#include <limits.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "qrmsprop/qrmsprop_mpi.h"
+
+static qrms_status_t mpi_all_reduce(void *user, float *data, int64_t count, qrms_reduce_op_t op,
+                                    qrms_stream_t stream) {
+  const MPI_Comm comm = MPI_Comm_f2c((MPI_Fint)(intptr_t)user);
+  (void)stream; /* CPU memory: MPI_Allreduce returns when the data is reduced */
+  if (count < 0 || count > INT_MAX || (op != QRMS_REDUCE_SUM && op != QRMS_REDUCE_MAX))
+    return QRMS_ERROR_INVALID_ARGUMENT;
+  if (MPI_Allreduce(MPI_IN_PLACE, data, (int)count, MPI_FLOAT, op == QRMS_REDUCE_SUM ? MPI_SUM : MPI_MAX, comm) !=
+      MPI_SUCCESS)
+    return QRMS_ERROR_DEVICE;
+  return QRMS_SUCCESS;
+}
+
+qrms_status_t qrms_comm_mpi(MPI_Comm comm, qrms_comm *out) {
+  int initialized = 0, rank = 0, size = 0;
+  if (out == NULL || comm == MPI_COMM_NULL) return QRMS_ERROR_INVALID_ARGUMENT;
+  if (MPI_Initialized(&initialized) != MPI_SUCCESS || !initialized) return QRMS_ERROR_INVALID_ARGUMENT;
+  if (MPI_Comm_rank(comm, &rank) != MPI_SUCCESS || MPI_Comm_size(comm, &size) != MPI_SUCCESS)
+    return QRMS_ERROR_INVALID_ARGUMENT;
+  memset(out, 0, sizeof *out);
+  out->struct_size = sizeof *out;
+  out->rank = rank;
+  out->world_size = size;
+  out->device = QRMS_DEVICE_CPU;
+  out->device_index = 0;
+  out->user = (void *)(intptr_t)MPI_Comm_c2f(comm);
+  out->all_reduce = mpi_all_reduce;
+  return QRMS_SUCCESS;
+}
