@@ -26,12 +26,28 @@ APT_PACKAGES=(cmake make g++ libc6-dev pkg-config catch2 python3)
 # configured and built tree after stage_cpp; libqrmsprop.so is in it),
 # $JOBS, log, apt_ensure.
 
-# Configure (CUDA backend when nvcc is there), build everything, run ctest.
+# NCCL's headers and library from PyPI (nvidia-nccl-cu13) in a venv of the
+# build dir; prints the folder holding include/nccl.h and lib/libnccl.so.2.
+nccl_root() {
+  local venv="$BUILD_DIR/nccl-venv"
+  apt_ensure python3-venv >&2
+  [ -x "$venv/bin/pip" ] || python3 -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check nvidia-nccl-cu13 >&2
+  "$venv/bin/python" -c 'import nvidia.nccl; print(list(nvidia.nccl.__path__)[0])'
+}
+
+# Configure (CUDA backend when nvcc is there; the MPI adapter always, the
+# NCCL adapter with CUDA), build everything, run ctest.
 stage_cpp() {
   cuda_on_path
-  local extra=()
+  apt_ensure openmpi-bin libopenmpi-dev
+  local extra=(-DQRMS_MPI=ON) nccl
+  if command -v nvcc >/dev/null 2>&1 && [ "${QRMS_CUDA:-AUTO}" != OFF ]; then
+    nccl="$(nccl_root)"
+    extra+=(-DQRMS_NCCL=ON "-DQRMS_NCCL_ROOT=$nccl")
+  fi
   # shellcheck disable=SC2206  # CMAKE_ARGS is meant to be word-split
-  [ -n "${CMAKE_ARGS:-}" ] && extra=(${CMAKE_ARGS})
+  [ -n "${CMAKE_ARGS:-}" ] && extra+=(${CMAKE_ARGS})
   log "configuring in $BUILD_DIR (QRMS_CUDA=${QRMS_CUDA:-AUTO}; nvcc: $(command -v nvcc || echo none))"
   cmake -S "$QRMS_ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release -DQRMS_CUDA="${QRMS_CUDA:-AUTO}" \
     -DQRMS_BUILD_TESTS=ON -DQRMS_BUILD_EXAMPLES=ON -DQRMS_BUILD_BENCH=ON "${extra[@]+"${extra[@]}"}"

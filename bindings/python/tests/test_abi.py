@@ -54,7 +54,7 @@ def test_struct_layout_matches_the_c_compiler(tmp_path):
         pytest.skip("no C compiler to check the struct layout with")
     include = os.path.dirname(os.path.dirname(header_path()))
     lines = []
-    for struct in (_lib.qrms_config, _lib.qrms_update_params):
+    for struct in (_lib.qrms_config, _lib.qrms_update_params, _lib.qrms_comm):
         name = struct.__name__
         lines.append('printf("%s sizeof %%zu\\n", sizeof(%s));' % (name, name))
         for field, _ in struct._fields_:
@@ -69,7 +69,7 @@ def test_struct_layout_matches_the_c_compiler(tmp_path):
     for line in out.splitlines():
         struct, field, value = line.split()
         got[(struct, field)] = int(value)
-    for struct in (_lib.qrms_config, _lib.qrms_update_params):
+    for struct in (_lib.qrms_config, _lib.qrms_update_params, _lib.qrms_comm):
         name = struct.__name__
         assert got[(name, "sizeof")] == ctypes.sizeof(struct)
         for field, _ in struct._fields_:

@@ -28,7 +28,7 @@ from ._errors import (
     status_string,
 )
 from ._lib import LibraryNotFoundError, build_info, library_path, load_library
-from .optimizer import CONFIG_KEYS, VARIANTS, Optimizer, ParamInfo, default_config
+from .optimizer import CONFIG_KEYS, VARIANTS, Optimizer, ParamInfo, default_config, merge_states
 
 __version__ = "0.1.0"
 
@@ -50,6 +50,7 @@ __all__ = [
     "CONFIG_KEYS",
     "VARIANTS",
     "default_config",
+    "merge_states",
     "version",
     "library_version",
     "library_path",

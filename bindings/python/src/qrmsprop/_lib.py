@@ -45,6 +45,9 @@ RMSPROP_32BIT = 2
 STATE_SQUARE_AVG = 0
 STATE_MOMENTUM = 1
 
+REDUCE_SUM = 0
+REDUCE_MAX = 1
+
 c_status = ctypes.c_int32
 c_dtype = ctypes.c_int32
 c_device = ctypes.c_int32
@@ -95,6 +98,25 @@ class qrms_update_params(ctypes.Structure):
     ]
 
 
+# qrms_status_t (*all_reduce)(void *user, float *data, int64_t count, qrms_reduce_op_t op, qrms_stream_t stream)
+ALL_REDUCE_FN = ctypes.CFUNCTYPE(c_status, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float), ctypes.c_int64,
+                                 ctypes.c_int32, c_stream)
+
+
+class qrms_comm(ctypes.Structure):
+    """struct qrms_comm: the collectives of a sharded optimizer (docs/distributed.md)."""
+
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("rank", ctypes.c_int32),
+        ("world_size", ctypes.c_int32),
+        ("device", ctypes.c_int32),
+        ("device_index", ctypes.c_int32),
+        ("user", ctypes.c_void_p),
+        ("all_reduce", ALL_REDUCE_FN),
+    ]
+
+
 _P = ctypes.c_void_p
 _I64 = ctypes.c_int64
 _I32 = ctypes.c_int32
@@ -135,6 +157,16 @@ _PROTOTYPES = {
     "qrms_optimizer_set_grad_unscale": (c_status, [c_optimizer, _P]),
     "qrms_optimizer_found_inf": (c_status, [c_optimizer, ctypes.POINTER(_P)]),
     "qrms_optimizer_read_found_inf": (c_status, [c_optimizer, ctypes.POINTER(_I32)]),
+    "qrms_optimizer_add_param_shard": (
+        c_status, [c_optimizer, _P, _P, c_dtype, _I64, _I64, _I64, ctypes.POINTER(_I64)],
+    ),
+    "qrms_optimizer_shard_info": (c_status, [c_optimizer, _I64, ctypes.POINTER(_I64), ctypes.POINTER(_I64)]),
+    "qrms_optimizer_set_comm": (c_status, [c_optimizer, ctypes.POINTER(qrms_comm)]),
+    "qrms_state_merge": (
+        c_status,
+        [ctypes.POINTER(_P), ctypes.POINTER(ctypes.c_size_t), _I32, _P, ctypes.c_size_t,
+         ctypes.POINTER(ctypes.c_size_t)],
+    ),
     "qrms_dynamic_map": (c_status, [_I32, _FP]),
     "qrms_quantize_blockwise": (c_status, [c_device, _FP, _FP, _U8P, _FP, _I64, _I64, c_stream]),
     "qrms_dequantize_blockwise": (c_status, [c_device, _FP, _U8P, _FP, _FP, _I64, _I64, c_stream]),
@@ -169,6 +201,10 @@ _OPTIONAL = {
     "qrms_optimizer_set_grad_unscale",
     "qrms_optimizer_found_inf",
     "qrms_optimizer_read_found_inf",
+    "qrms_optimizer_add_param_shard",
+    "qrms_optimizer_shard_info",
+    "qrms_optimizer_set_comm",
+    "qrms_state_merge",
 }
 
 

@@ -138,6 +138,7 @@ class Optimizer:
         self._config = config_to_dict(cfg)
         self._params = []  # per index: (Buffer of the param, shape)
         self._grads = []  # per index: Buffer of the grad or None
+        self._comm_fn = None  # set_comm's callback, kept alive while the library holds it
 
     # ---- lifetime -----------------------------------------------------------
     def close(self):
@@ -213,6 +214,64 @@ class Optimizer:
             self._params.append((pb, self._shape(param)))
             self._grads.append(gb)
             return index.value
+
+    def add_param_shard(self, param, grad, global_numel, offset):
+        """Registers this rank's part of a sharded tensor: `param` (flat, any
+        size, also empty) holds elements [offset, offset + param.size) of a
+        flattened tensor of `global_numel` elements. Every rank adds the same
+        tensors in the same order (docs/distributed.md). Returns the index."""
+        self._require("qrms_optimizer_add_param_shard")
+        with self._lock:
+            h = self._h()
+            pb = self._buffer(param, "param")
+            if pb.readonly:
+                raise ValueError("param is read-only; the optimizer writes to it in place")
+            gb = self._grad_buffer(grad, pb, "")
+            index = ctypes.c_int64()
+            check(self._lib.qrms_optimizer_add_param_shard(h, pb.ptr if pb.numel else None,
+                                                           gb.ptr if gb and pb.numel else None, pb.dtype, pb.numel,
+                                                           int(global_numel), int(offset), ctypes.byref(index)))
+            self._params.append((pb, self._shape(param)))
+            self._grads.append(gb)
+            return index.value
+
+    def shard_info(self, index):
+        """(global_numel, offset) of parameter `index`."""
+        self._require("qrms_optimizer_shard_info")
+        with self._lock:
+            g, o = ctypes.c_int64(), ctypes.c_int64()
+            check(self._lib.qrms_optimizer_shard_info(self._h(), int(index), ctypes.byref(g), ctypes.byref(o)))
+            return g.value, o.value
+
+    def set_comm(self, rank, world_size, all_reduce):
+        """Makes this optimizer rank `rank` of `world_size` (CPU optimizers).
+        Each step calls all_reduce(values, op) at most 4 times, on every rank
+        alike: `values` is a writable float32 memoryview to reduce in place
+        across the ranks, op "sum" or "max" (with mpi4py:
+        comm.Allreduce(MPI.IN_PLACE, values, op=MPI.SUM or MPI.MAX)). An
+        exception in all_reduce fails the step. None for all_reduce removes
+        the communicator."""
+        self._require("qrms_optimizer_set_comm")
+        with self._lock:
+            h = self._h()
+            if all_reduce is None:
+                check(self._lib.qrms_optimizer_set_comm(h, None))
+                self._comm_fn = None
+                return
+
+            def trampoline(_user, data, count, op, _stream):
+                try:
+                    values = memoryview((ctypes.c_float * count).from_address(ctypes.addressof(data.contents)))
+                    all_reduce(values.cast("B").cast("f"), "sum" if op == _lib.REDUCE_SUM else "max")
+                    return _lib.SUCCESS
+                except Exception:  # noqa: BLE001  # reported as the step's failure
+                    return _lib.ERROR_DEVICE
+
+            fn = _lib.ALL_REDUCE_FN(trampoline)
+            c = _lib.qrms_comm(ctypes.sizeof(_lib.qrms_comm), int(rank), int(world_size), _lib.DEVICE_CPU, 0, None,
+                               fn)
+            check(self._lib.qrms_optimizer_set_comm(h, ctypes.byref(c)))
+            self._comm_fn = fn  # the library calls it from step(): keep it alive
 
     def _check_index(self, index):
         if not isinstance(index, int) or isinstance(index, bool):
@@ -417,6 +476,23 @@ class Optimizer:
         name = {v: k for k, v in VARIANTS.items()}[self.variant]
         return "qrmsprop.Optimizer(%r, device=%r, params=%d, lr=%g)" % (name, self.device, len(self._params),
                                                                           self._config["lr"])
+
+
+def merge_states(blobs):
+    """One unsharded checkpoint (bytes) from the save() blobs of every rank of
+    a sharded optimizer, in any order. Raises BadStateError for a missing or
+    doubled rank or shards that do not tile their tensors."""
+    lib = _lib.load_library()
+    if not hasattr(lib, "qrms_state_merge"):
+        raise NotImplementedError("this libqrmsprop has no qrms_state_merge")
+    data = [_as_bytes(b) for b in blobs]
+    ptrs = (ctypes.c_void_p * len(data))(*[ctypes.cast(ctypes.c_char_p(d), ctypes.c_void_p) for d in data])
+    sizes = (ctypes.c_size_t * len(data))(*[len(d) for d in data])
+    size = ctypes.c_size_t()
+    check(lib.qrms_state_merge(ptrs, sizes, len(data), None, 0, ctypes.byref(size)))
+    buf = ctypes.create_string_buffer(size.value)
+    check(lib.qrms_state_merge(ptrs, sizes, len(data), buf, size.value, ctypes.byref(size)))
+    return buf.raw[: size.value]
 
 
 def _prod(shape):
