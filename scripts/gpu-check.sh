@@ -150,9 +150,28 @@ HAVE_CATCH2=$?
 TESTS=ON
 [ "$HAVE_CATCH2" -ne 0 ] && TESTS=OFF
 export TESTS
+# NCCL (the machine has no internet): QRMS_NCCL_ROOT, a venv that test.sh
+# left in a build dir of the repository (carry it along), or the CUDA
+# Toolkit's own nccl.h. Without one the NCCL adapter is not built and the
+# nccl phase is skipped.
+nccl_root() {
+  local d
+  if [ -n "${QRMS_NCCL_ROOT:-}" ]; then echo "$QRMS_NCCL_ROOT"; return 0; fi
+  for d in "$QRMS_ROOT"/build-*/nccl-venv/lib/python3*/site-packages/nvidia/nccl; do
+    [ -f "$d/include/nccl.h" ] && { echo "$d"; return 0; }
+  done
+  for d in /usr/local/cuda/include /usr/include; do
+    [ -f "$d/nccl.h" ] && { echo "system"; return 0; }
+  done
+  return 1
+}
+NCCL_ROOT="$(nccl_root || true)"
+export NCCL_ROOT
 configure() {
   local extra=()
   [ -n "$QRMS_CATCH2_PREFIX" ] && extra+=("-DCMAKE_PREFIX_PATH=$QRMS_CATCH2_PREFIX")
+  if [ "$NCCL_ROOT" = system ]; then extra+=(-DQRMS_NCCL=ON)
+  elif [ -n "$NCCL_ROOT" ]; then extra+=(-DQRMS_NCCL=ON "-DQRMS_NCCL_ROOT=$NCCL_ROOT"); fi
   cmake -S "$QRMS_ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DQRMS_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
     -DQRMS_BUILD_TESTS="$TESTS" -DQRMS_BUILD_BENCH=ON -DQRMS_BUILD_EXAMPLES=ON "${extra[@]+"${extra[@]}"}"
 }
@@ -204,6 +223,20 @@ EOF
 }
 export -f run_ctest
 if [ "$BUILT" -eq 0 ] && [ "$TESTS" = ON ]; then phase ctest 300 run_ctest; fi
+
+# ---- one NCCL rank on one GPU (a sharded step through qrms_comm_nccl) -----------
+nccl_one_rank() {
+  "$BUILD/tests/gpu/qrms_test_gpu_nccl"
+  local rc=$?
+  [ "$rc" -eq 0 ] && echo "1 0 0" >"$PHASE_COUNTS" || echo "0 1 0" >"$PHASE_COUNTS"
+  return "$rc"
+}
+export -f nccl_one_rank
+if [ "$BUILT" -eq 0 ] && [ -x "$BUILD/tests/gpu/qrms_test_gpu_nccl" ]; then
+  phase nccl 60 nccl_one_rank
+else
+  log "phase nccl: skipped (no NCCL found: set QRMS_NCCL_ROOT)"
+fi
 
 # ---- compute-sanitizer on the [sanitize] subset --------------------------------
 # Catch2's summary line gives the counts ("All tests passed (N assertions in M
