@@ -15,7 +15,7 @@ if ! command -v clang++ >/dev/null || ! ls /usr/lib/llvm-*/lib/clang/*/lib/linux
 fi
 
 srcs=("$here"/src/validate.cpp "$here"/src/qmap.cpp "$here"/src/cpu_backend.cpp "$here"/src/quant_table.cpp
-      "$here"/src/optimizer.cpp "$here"/src/state_format.cpp "$here"/src/no_cuda.cpp "$here"/capi/capi.cpp)
+      "$here"/src/optimizer.cpp "$here"/src/state_format.cpp "$here"/src/reduce_slots.cpp "$here"/src/no_cuda.cpp "$here"/capi/capi.cpp)
 flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
        -I"$here"/include -I"$here"/src -pthread)
 
