@@ -226,7 +226,7 @@ void Optimizer1State::set_lr(float lr) {
   for (ParamEntry &e : impl_->params) e.cfg.lr = lr;
 }
 
-// A sharded optimizer (a comm set, or any shard) reduces across ranks the
+// With a comm set (a sharded optimizer), a step reduces across ranks the
 // figures that need the whole tensor: the found-inf flag, clipping norms,
 // max_unorm norms and per-tensor 8-bit maxima. Each is one collective per
 // step at most, called on every rank or on none (the decision depends only on
