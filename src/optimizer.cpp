@@ -124,7 +124,7 @@ void check_shard(int64_t numel, int64_t global_numel, int64_t offset, const Layo
   if (global_numel <= 0) throw ValueError(what + ": global_numel must be > 0, got " + std::to_string(global_numel));
   if (numel < 0 || offset < 0 || offset > global_numel || numel > global_numel - offset)
     throw ValueError(what + ": the shard [offset " + std::to_string(offset) + ", numel " + std::to_string(numel) +
-                     "] must lie within the " + std::to_string(global_numel) + " elements of the whole tensor");
+                     "] must lie within the " + core::counted(global_numel, "element") + " of the whole tensor");
   if (layout.kind == StateKind::Blockwise8 && offset % math::kBlockSize != 0)
     throw ValueError(what + ": offset " + std::to_string(offset) + " of a shard with 8-bit block-wise state must be a "
                      "multiple of " + std::to_string(math::kBlockSize) + " (no quantization block may span two ranks)");

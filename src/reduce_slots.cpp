@@ -23,7 +23,7 @@ void all_reduce(const Optimizer1State::Impl &impl, float *v, int64_t n, qrms_red
   if (rc == QRMS_SUCCESS) return;
   const qrms_status_t status = rc > 0 && rc <= QRMS_ERROR_INTERNAL ? rc : QRMS_ERROR_DEVICE;
   throw Error(status, "the communicator's all_reduce (" + std::string(op == QRMS_REDUCE_SUM ? "sum" : "max") +
-                          " of " + std::to_string(n) + " floats, rank " + std::to_string(impl.comm.rank) + " of " +
+                          " of " + core::counted(n, "float") + ", rank " + std::to_string(impl.comm.rank) + " of " +
                           std::to_string(impl.comm.world_size) + ") failed with status " + std::to_string(rc));
 }
 

@@ -137,7 +137,7 @@ Blob parse(const void *buffer, size_t size) {
   if (buffer == nullptr) throw ValueError("buffer is NULL");
   const uint8_t *p = static_cast<const uint8_t *>(buffer);
   if (size < kPrefixBytes + 8 + kChecksumBytes)
-    throw BadStateError("state blob is truncated (" + std::to_string(size) + " bytes)");
+    throw BadStateError("state blob is truncated (" + core::counted(size, "byte") + ")");
   if (std::memcmp(p, kMagic, sizeof(kMagic)) != 0) throw BadStateError("not a qrmsprop state blob (bad magic)");
   uint32_t mark, version;
   std::memcpy(&mark, p + 8, 4);
@@ -236,8 +236,8 @@ size_t write_blob(int32_t rank, int32_t world, const std::vector<Record> &record
       if (buffer == nullptr && capacity == 0) return needed;
       if (buffer == nullptr) throw ValueError("buffer is NULL but capacity is not 0");
       if (capacity < needed)
-        throw ValueError("capacity " + std::to_string(capacity) + " is smaller than the " + std::to_string(needed) +
-                         " bytes needed (call with NULL, 0 to get the size)");
+        throw ValueError("capacity " + std::to_string(capacity) + " is smaller than the " +
+                         core::counted(needed, "byte") + " needed (call with NULL, 0 to get the size)");
     } else {
       w.put(checksum(out, w.size()));
     }
@@ -287,14 +287,14 @@ size_t save_state(const Optimizer1State::Impl &impl, void *buffer, size_t capaci
 void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
   const Blob blob = parse(buffer, size);
   if (blob.records.size() != impl.params.size())
-    throw BadStateError("state blob has " + std::to_string(blob.records.size()) + " parameters; the optimizer has " +
+    throw BadStateError("state blob has " + core::counted(blob.records.size(), "parameter") + "; the optimizer has " +
                         std::to_string(impl.params.size()));
   for (size_t i = 0; i < blob.records.size(); ++i) {
     const ParamEntry &e = impl.params[i];
     const Record &rec = blob.records[i];
     const std::string which = "parameter " + std::to_string(i);
     if (rec.global_n != e.global_n)
-      throw BadStateError(which + ": blob has " + std::to_string(rec.global_n) + " elements, the optimizer " +
+      throw BadStateError(which + ": blob has " + core::counted(rec.global_n, "element") + ", the optimizer " +
                           std::to_string(e.global_n));
     if (rec.dtype != static_cast<int32_t>(e.dtype)) throw BadStateError(which + ": dtype differs from the optimizer's");
     if (rec.layout != e.layout)
@@ -348,8 +348,8 @@ size_t merge_states(const void *const *blobs, const size_t *sizes, size_t count,
   const size_t params = parsed[0].records.size();
   for (const Blob &b : parsed)
     if (b.records.size() != params)
-      throw BadStateError("rank " + std::to_string(b.rank) + " has " + std::to_string(b.records.size()) +
-                          " parameters, rank 0 " + std::to_string(params));
+      throw BadStateError("rank " + std::to_string(b.rank) + " has " + core::counted(b.records.size(), "parameter") +
+                          ", rank 0 " + std::to_string(params));
   std::vector<Record> merged(params);
   std::vector<std::vector<const Record *>> order(params);  // each parameter's non-empty shards by offset
   for (size_t i = 0; i < params; ++i) {
@@ -361,22 +361,22 @@ size_t merge_states(const void *const *blobs, const size_t *sizes, size_t count,
         throw BadStateError(which + ": rank " + std::to_string(b.rank) +
                             " has another shape, dtype or state layout than rank 0");
       if (rec.step != first.step)
-        throw BadStateError(which + ": rank " + std::to_string(b.rank) + " has taken " + std::to_string(rec.step) +
-                            " steps, rank 0 " + std::to_string(first.step));
+        throw BadStateError(which + ": rank " + std::to_string(b.rank) + " has taken " +
+                            core::counted(rec.step, "step") + ", rank 0 " + std::to_string(first.step));
       if (rec.n > 0) order[i].push_back(&rec);
     }
     std::sort(order[i].begin(), order[i].end(), [](const Record *a, const Record *c) { return a->offset < c->offset; });
     int64_t end = 0;
     for (const Record *rec : order[i]) {
       if (rec->offset != end)
-        throw BadStateError(which + ": the ranks' shards do not tile its " + std::to_string(first.global_n) +
-                            " elements (" + (rec->offset < end ? "overlap" : "gap") + " at element " +
+        throw BadStateError(which + ": the ranks' shards do not tile its " + core::counted(first.global_n, "element") +
+                            " (" + (rec->offset < end ? "overlap" : "gap") + " at element " +
                             std::to_string(std::min(end, rec->offset)) + ")");
       end = rec->offset + rec->n;
     }
     if (end != first.global_n)
-      throw BadStateError(which + ": the ranks' shards do not tile its " + std::to_string(first.global_n) +
-                          " elements (gap at element " + std::to_string(end) + ")");
+      throw BadStateError(which + ": the ranks' shards do not tile its " + core::counted(first.global_n, "element") +
+                          " (gap at element " + std::to_string(end) + ")");
     merged[i] = first;
     merged[i].n = first.global_n;
     merged[i].offset = 0;
