@@ -235,5 +235,142 @@ QRMS_HD uint8_t zero_code(const float *qmap) {
   return uint8_t(c);
 }
 
+// ---- the constant-time quantizer of the dynamic maps ------------------------
+//
+// bitsandbytes' dynamic maps (SPEC 4) are 0, 1 and, per decade k = 0..D-1,
+// n_k = 2^(k+e) evenly spaced magnitudes 10^(k-D) * (1 + (j + 0.5) * 9 / n_k)
+// (D = 7; e = 0 signed, with the negatives too; e = 1 unsigned). Number the
+// magnitudes of one sign 0 (zero), 1, 2, ... ascending: in decade k,
+// t = a * mul[k] + add[k] puts magnitude K of the map at t ~= K, so int(t) is
+// the magnitude just below |x| or, within rounding of a map value, one off;
+// the code is then decided by one threshold: the smallest |x| of that sign
+// whose code is the next magnitude up. The thresholds are those of
+// nearest_code itself (ties, sign rule), found once per map by bisection
+// (dynamic_threshold), so the coder gives its codes bit for bit
+// (tests/test_quant_sweep.cpp: every float in [-1, 1] and around every
+// midpoint). Maps of another shape keep nearest_code with a search.
+
+constexpr int kMaxDecades = 8;
+
+struct DynamicCoder {
+  float edge[kMaxDecades];              // lower edge of decade k (k >= 1); +inf past the last decade
+  float mul[kMaxDecades], add[kMaxDecades];
+  float up[2][256];                     // [x < 0][L]: smallest |x| with a magnitude above L; NaN: none
+  int32_t top[2];                       // largest L per sign
+  int32_t zero;                         // code of 0.0
+  int32_t is_signed;
+};
+
+// Shape of a dynamic map: D decades of 2^(k+e) magnitudes.
+struct DynamicShape {
+  int32_t is_signed, decades, extra;
+  QRMS_HD int magnitudes() const { return ((1 << decades) - 1) << extra; }  // between 0 and 1, one sign
+  QRMS_HD int zero() const { return is_signed ? magnitudes() : 0; }
+};
+
+QRMS_HD DynamicShape dynamic_shape(int is_signed) { return DynamicShape{is_signed, 7, is_signed ? 0 : 1}; }
+
+// 10^-p for 0 <= p < 32, in float (within a few ulp; only the shape check
+// and the coder's guess use it, and both tolerate far more).
+QRMS_HD float pow10_neg(int p) {
+  float r = 1.0f;
+  for (int i = 0; i < p; ++i) r *= 0.1f;
+  return r;
+}
+
+// The ideal value of magnitude K (0: zero, magnitudes() + 1: one).
+QRMS_HD float dynamic_magnitude(const DynamicShape &sh, int K) {
+  if (K == 0) return 0.0f;
+  if (K > sh.magnitudes()) return 1.0f;
+  const int kk = K - 1 + (1 << sh.extra);  // in [2^(k+e), 2^(k+e+1)) for decade k
+  int msb = 0;
+  while ((kk >> (msb + 1)) != 0) ++msb;
+  const int k = msb - sh.extra, n = 1 << msb, j = kk - n;
+  return pow10_neg(sh.decades - k) * (1.0f + (float(j) + 0.5f) * 9.0f / float(n));
+}
+
+// Whether qmap[code] is the value of that code in a map of this shape (to
+// 1e-5 relative: torch's float32 linspace moves entries by a few ulp).
+QRMS_HD bool dynamic_entry_ok(const DynamicShape &sh, const float *qmap, int code) {
+  const int z = sh.zero();
+  if (!sh.is_signed && code == 0) return qmap[0] == 0.0f;
+  const float ideal = code >= z ? dynamic_magnitude(sh, code - z) : -dynamic_magnitude(sh, z - code);
+  const float d = qmap[code] - ideal;
+  return (d < 0.0f ? -d : d) <= 1e-5f * (ideal < 0.0f ? -ideal : ideal);  // false for NaN
+}
+
+// The coder's decade table and limits (everything but the thresholds).
+QRMS_HD void dynamic_params(DynamicCoder &d, const DynamicShape &sh) {
+  for (int k = 0; k < kMaxDecades; ++k) {
+    const bool used = k < sh.decades;
+    const float n = float(1 << (used ? k + sh.extra : 0));
+    const float scale = pow10_neg(used ? sh.decades - k : 0);
+    const float offset = float((((1 << k) - 1) << sh.extra) + 1);
+    d.edge[k] = k == 0 ? 0.0f : (used ? scale : INFINITY);
+    d.mul[k] = used ? n / (9.0f * scale) : 0.0f;
+    d.add[k] = used ? offset - 0.5f - n / 9.0f : 0.0f;
+  }
+  const int m = sh.magnitudes();
+  d.top[0] = m;                          // magnitudes 0 .. m + 1 (one)
+  d.top[1] = sh.is_signed ? m - 1 : 0;   // 0 .. m; unsigned: zero only
+  d.zero = sh.zero();
+  d.is_signed = sh.is_signed;
+}
+
+// Magnitude index of a code of this shape's map, on the side of sign s.
+QRMS_HD int dynamic_index(const DynamicShape &sh, int code) {
+  const int m = code - sh.zero();
+  return m < 0 ? -m : m;
+}
+
+// d.up[s][L]: the smallest |x| (of sign s) that nearest_code maps to a
+// magnitude above L, by bisection over the float bit patterns of [0, inf];
+// NaN when none. Monotone because nearest_code is (the sweep checks it).
+QRMS_HD void dynamic_threshold(DynamicCoder &d, const DynamicShape &sh, const float *qmap, int s, int L) {
+  auto above = [&](uint32_t bits) {
+    const float a = bits_float(bits);
+    return dynamic_index(sh, quantize_nearest(qmap, s ? -a : a)) > L;
+  };
+  uint32_t lo = 0, hi = 0x7f800000u;  // invariant: !above(lo), above(hi)
+  if (L > d.top[s] || !above(hi)) {
+    d.up[s][L] = NAN;
+    return;
+  }
+  while (hi - lo > 1) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    if (above(mid)) hi = mid; else lo = mid;
+  }
+  d.up[s][L] = bits_float(hi);
+}
+
+// The code nearest_code gives x, for a map the coder was built for. Written
+// without branches or loops that depend on x (the decade loop runs a fixed
+// count), so the CPU vectorises it and GPU lanes never diverge; its one
+// memory read is the threshold.
+QRMS_HD uint8_t dynamic_code(const DynamicCoder &d, float x) {
+  const float a = x < 0.0f ? -x : x;
+  const int s = x < 0.0f;
+  float m = d.mul[0], c = d.add[0];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int k = 1; k < kMaxDecades; ++k) {
+    const bool in = a >= d.edge[k];
+    m = in ? d.mul[k] : m;
+    c = in ? d.add[k] : c;
+  }
+  const float t = a * m + c;                 // >= 0.38 for every a >= 0; inf for inf; NaN for NaN
+  const float top = float(s ? d.top[1] : d.top[0]);
+  const int lo = int(t < top ? t : top);     // NaN and inf: top
+  const int mag = lo + int(a >= d.up[0][s * 256 + lo]);  // up[s][lo]
+  const int code = s ? d.zero - mag : d.zero + mag;
+  return uint8_t(x == x ? code : 0);         // NaN: code 0, as nearest_code
+}
+
+// Code for v in a block of scale absmax, as quantize_scaled.
+QRMS_HD uint8_t quantize_scaled(const DynamicCoder &d, float v, float absmax) {
+  return absmax > 0.0f ? dynamic_code(d, v / absmax) : uint8_t(d.zero);
+}
+
 }  // namespace math
 }  // namespace qrms

@@ -9,8 +9,23 @@
 namespace qrms {
 namespace core {
 
+bool build_dynamic_coder(const float *qmap, math::DynamicCoder &d) {
+  for (const int is_signed : {1, 0}) {
+    const math::DynamicShape sh = math::dynamic_shape(is_signed);
+    bool ok = true;
+    for (int c = 0; c < 256 && ok; ++c) ok = math::dynamic_entry_ok(sh, qmap, c);
+    if (!ok) continue;
+    math::dynamic_params(d, sh);
+    for (int s = 0; s < 2; ++s)
+      for (int L = 0; L < 256; ++L) math::dynamic_threshold(d, sh, qmap, s, L);
+    return true;
+  }
+  return false;
+}
+
 QuantTable::QuantTable(const float *qmap) {
   std::memcpy(q_, qmap, sizeof q_);
+  dynamic_ = build_dynamic_coder(qmap, coder_);
   for (uint32_t prefix = 0; prefix < 65536; ++prefix) {
     // The smallest float whose top 16 bits are `prefix`: the low bits all
     // zero for a positive prefix, all ones for a negative one. Prefixes of

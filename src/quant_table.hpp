@@ -1,4 +1,7 @@
-// A CPU shortcut for the binary search of math::quantize_nearest: a 64 Ki-
+// The CPU's quantizers for one map: math::DynamicCoder when the map is one
+// of the dynamic maps (the constant-time one both backends use), and for any
+// other finite ascending map a shortcut for the binary search of
+// math::quantize_nearest: a 64 Ki-
 // entry table indexed by the top 16 bits of a float gives an index at or
 // below the one the search finds, and a short forward walk reaches it (one
 // step at most for the dynamic maps). The code then comes from
@@ -24,6 +27,9 @@ class QuantTable {
 
   uint8_t nearest(float x) const { return math::nearest_code(q_, x, *this); }
 
+  // The constant-time coder when the map has a dynamic map's shape, else nullptr.
+  const math::DynamicCoder *coder() const { return dynamic_ ? &coder_ : nullptr; }
+
   // The largest index lo < 255 with q[lo] <= x, for q[0] < x < q[255].
   int operator()(float x) const {
     int lo = start_[math::float_bits(x) >> 16];
@@ -38,7 +44,13 @@ class QuantTable {
   float q_[256];
   uint8_t start_[65536];
   bool one_step_ = true;  // no table entry is more than one step below the index searched for
+  bool dynamic_ = false;
+  math::DynamicCoder coder_;
 };
+
+// Builds the coder of qmap when every entry has the value of a signed or an
+// unsigned dynamic map; false (d unspecified) otherwise.
+bool build_dynamic_coder(const float *qmap, math::DynamicCoder &d);
 
 }  // namespace core
 }  // namespace qrms

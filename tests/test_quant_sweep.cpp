@@ -1,0 +1,121 @@
+// The constant-time quantizer of the dynamic maps (math::DynamicCoder)
+// against the rule it replaces, math::quantize_nearest (binary search, ties
+// to the lower code, sign rule): the same code for every float tried.
+// "[sweep]" is every float in [-1, 1] for both maps (about 2^32 values, its
+// own ctest); the rest are quick.
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "element.hpp"
+#include "qrmsprop/qrmsprop.hpp"
+#include "quant_table.hpp"
+
+namespace {
+
+using qrms::math::bits_float;
+using qrms::math::DynamicCoder;
+using qrms::math::dynamic_code;
+using qrms::math::quantize_nearest;
+
+DynamicCoder coder_of(const std::vector<float> &q) {
+  DynamicCoder d{};
+  REQUIRE(qrms::core::build_dynamic_coder(q.data(), d));
+  return d;
+}
+
+// Mismatches over x = +-bits_float(u) for u in [u0, u1], on `threads` threads.
+uint64_t sweep(const DynamicCoder &d, const std::vector<float> &q, uint32_t u0, uint32_t u1, uint32_t stride,
+               unsigned threads) {
+  std::atomic<uint64_t> bad{0};
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      uint64_t local = 0;
+      for (uint64_t u = u0 + uint64_t(t) * stride; u <= u1; u += uint64_t(threads) * stride) {
+        const float x = bits_float(static_cast<uint32_t>(u));
+        local += dynamic_code(d, x) != quantize_nearest(q.data(), x);
+        local += dynamic_code(d, -x) != quantize_nearest(q.data(), -x);
+      }
+      bad += local;
+    });
+  }
+  for (auto &th : pool) th.join();
+  return bad.load();
+}
+
+// Around every midpoint between neighbouring codes and every code itself:
+// the 8 floats either side.
+uint64_t around_midpoints(const DynamicCoder &d, const std::vector<float> &q) {
+  uint64_t bad = 0;
+  for (size_t i = 0; i + 1 < q.size(); ++i) {
+    for (const float centre : {q[i], q[i] + (q[i + 1] - q[i]) / 2.0f, (q[i] + q[i + 1]) / 2.0f}) {
+      float x = centre;
+      for (int k = 0; k < 8; ++k) x = std::nextafter(x, -INFINITY);
+      for (int k = 0; k < 17; ++k, x = std::nextafter(x, INFINITY)) bad += dynamic_code(d, x) != quantize_nearest(q.data(), x);
+    }
+  }
+  return bad;
+}
+
+unsigned sweep_threads() {
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? hw : 1;
+}
+
+}  // namespace
+
+TEST_CASE("dynamic coder: same codes as the search around every midpoint, on specials and a sample", "[quant]") {
+  const bool is_signed = GENERATE(true, false);
+  CAPTURE(is_signed);
+  const std::vector<float> q = qrms::dynamic_map(is_signed);
+  const DynamicCoder d = coder_of(q);
+  CHECK(d.zero == qrms::math::zero_code(q.data()));
+  CHECK(around_midpoints(d, q) == 0);
+  for (const float x : {0.0f, -0.0f, 1.0f, -1.0f, 2.0f, -2.0f, INFINITY, -INFINITY, NAN, -NAN, 1e-45f, -1e-45f,
+                        3.4e38f, -3.4e38f, q[0], q[255]}) {
+    CAPTURE(x);
+    CHECK(dynamic_code(d, x) == quantize_nearest(q.data(), x));
+  }
+  // Every 997th bit pattern of all 2^32, NaNs and infinities included.
+  CHECK(sweep(d, q, 0, 0xffffffffu, 997, sweep_threads()) == 0);
+  // Scaled state: a block's absmax and zero scale.
+  CHECK(qrms::math::quantize_scaled(d, 0.3f, 0.0f) == qrms::math::zero_code(q.data()));
+  CHECK(qrms::math::quantize_scaled(d, -0.3f, 0.6f) == qrms::math::quantize_scaled(q.data(), -0.3f, 0.6f, uint8_t(d.zero)));
+}
+
+TEST_CASE("dynamic coder: only for maps of the dynamic shape", "[quant]") {
+  std::vector<float> q = qrms::dynamic_map(true);
+  DynamicCoder d{};
+  SECTION("an entry moved by 1e-4") { q[200] *= 1.0001f; }
+  SECTION("NaN entry") { q[100] = NAN; }
+  SECTION("zero not exact") { q[127] = 1e-30f; }
+  SECTION("linear map") {
+    for (int i = 0; i < 256; ++i) q[size_t(i)] = -1.0f + float(i) * (2.0f / 255.0f);
+  }
+  CHECK_FALSE(qrms::core::build_dynamic_coder(q.data(), d));
+  const auto table = qrms::core::QuantTable::of(q.data());
+  CHECK((table == nullptr || table->coder() == nullptr));
+}
+
+TEST_CASE("dynamic coder: a map a few ulp off the library's gets its own thresholds", "[quant]") {
+  std::vector<float> q = qrms::dynamic_map(true);
+  for (size_t i = 0; i < q.size(); i += 3) q[i] = std::nextafter(q[i], i % 2 ? INFINITY : -INFINITY);
+  const DynamicCoder d = coder_of(q);
+  CHECK(around_midpoints(d, q) == 0);
+  CHECK(sweep(d, q, 0, 0x3f800000u, 101, sweep_threads()) == 0);
+}
+
+TEST_CASE("dynamic coder: every float in [-1, 1] and beyond", "[sweep]") {
+  const bool is_signed = GENERATE(true, false);
+  CAPTURE(is_signed);
+  const std::vector<float> q = qrms::dynamic_map(is_signed);
+  const DynamicCoder d = coder_of(q);
+  // Every float with |x| <= 1 (both signs, both zeros), then a sample of the rest.
+  CHECK(sweep(d, q, 0, 0x3f800000u, 1, sweep_threads()) == 0);
+  CHECK(sweep(d, q, 0x3f800001u, 0xffffffffu, 7, sweep_threads()) == 0);
+}
