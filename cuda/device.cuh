@@ -64,6 +64,48 @@ QRMS_DEV void load_qmap(const float *qmap_global, float *qmap, uint8_t &zero) {
   __syncthreads();
 }
 
+// What the quantizing kernels keep in shared memory: the map (dequantizing,
+// and the search for maps without a coder) and the dynamic maps' coder.
+struct Quantizer {
+  float qmap[256];
+  math::DynamicCoder coder;
+  uint8_t zero;
+  int32_t dynamic;  // the map has a dynamic map's shape: codes come from `coder`
+};
+
+// Fills q from the map in global memory: the map, and the coder when the map
+// has the shape of a dynamic map (the same checks and thresholds as the
+// CPU's build_dynamic_coder, its work spread over the block). Every thread of
+// the block must call it.
+QRMS_DEV void load_quantizer(const float *qmap_global, Quantizer &q) {
+  load_qmap(qmap_global, q.qmap, q.zero);
+  int shape = -1;
+  for (const int is_signed : {1, 0}) {
+    bool ok = true;
+    for (int c = int(threadIdx.x); c < 256; c += int(blockDim.x))
+      ok = ok && math::dynamic_entry_ok(math::dynamic_shape(is_signed), q.qmap, c);
+    if (__syncthreads_and(ok)) {
+      shape = is_signed;
+      break;
+    }
+  }
+  if (threadIdx.x == 0) {
+    q.dynamic = shape >= 0;
+    if (shape >= 0) math::dynamic_params(q.coder, math::dynamic_shape(shape));
+  }
+  __syncthreads();
+  if (shape >= 0) {
+    for (int i = int(threadIdx.x); i < 512; i += int(blockDim.x))
+      math::dynamic_threshold(q.coder, math::dynamic_shape(shape), q.qmap, i / 256, i % 256);
+    __syncthreads();
+  }
+}
+
+// Code for v in a block of scale a (SPEC 4), by the coder or the search.
+QRMS_DEV uint8_t quantize(const Quantizer &q, float v, float a) {
+  return q.dynamic ? math::quantize_scaled(q.coder, v, a) : math::quantize_scaled(q.qmap, v, a, q.zero);
+}
+
 // ---- state of one thread's 8 elements ----------------------------------------
 
 // The old state as floats (SPEC 4: value = qmap[code] * scale).
@@ -93,7 +135,7 @@ QRMS_DEV float warp_max(float v) {
 // quantization block (all 32 lanes must call), computes its absmax over the
 // elements below n and stores it. Tensor8: quantizes against new_max1 = scale[1].
 template <StateKind K>
-QRMS_DEV void store_state(void *state, float *scale, const float *qmap, uint8_t zero, int64_t i0, int64_t n, bool vec,
+QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, int64_t i0, int64_t n, bool vec,
                           const float (&s)[kVec]) {
   if constexpr (K == StateKind::Float32) {
     store8(static_cast<float *>(state), i0, n, vec, s);
@@ -111,7 +153,7 @@ QRMS_DEV void store_state(void *state, float *scale, const float *qmap, uint8_t 
     }
     uint8_t c[kVec];
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) c[j] = math::quantize_scaled(qmap, s[j], a, zero);
+    for (int j = 0; j < kVec; ++j) c[j] = quantize(q, s[j], a);
     store8(static_cast<uint8_t *>(state), i0, n, vec, c);
   }
 }

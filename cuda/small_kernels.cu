@@ -168,12 +168,11 @@ __global__ void __launch_bounds__(kThreads) finite_kernel_impl(const __grid_cons
 __global__ void __launch_bounds__(kThreads)
     quantize_blockwise_kernel_impl(const float *qmap_global, const float *in, uint8_t *codes, float *absmax, int64_t n,
                                    int64_t blocksize) {
-  __shared__ float qmap[256];
-  __shared__ uint8_t zero;
+  __shared__ Quantizer quant;
   __shared__ float block_absmax;
   using Reduce = cub::BlockReduce<float, kThreads>;
   __shared__ typename Reduce::TempStorage tmp;
-  load_qmap(qmap_global, qmap, zero);
+  load_quantizer(qmap_global, quant);
 
   const int64_t nblocks = (n + blocksize - 1) / blocksize;
   for (int64_t blk = blockIdx.x; blk < nblocks; blk += gridDim.x) {
@@ -188,7 +187,7 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     const float scale = block_absmax;
     for (int64_t i = b0 + threadIdx.x; i < b1; i += kThreads)
-      codes[i] = math::quantize_scaled(qmap, in[i], scale, zero);
+      codes[i] = quantize(quant, in[i], scale);
     __syncthreads();  // tmp and block_absmax are reused
   }
 }

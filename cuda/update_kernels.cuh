@@ -31,10 +31,9 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 // quantized against new_max1 found by reduce_kernel).
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ float qmap[256];
-  __shared__ uint8_t zero;
+  __shared__ Quantizer quant;
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+  if constexpr (K != StateKind::Float32) load_quantizer(args.qmap, quant);
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   const int lane = int(threadIdx.x) % 32;
@@ -61,8 +60,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     float s[kVec], b[kVec] = {};
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
-    load_state<K>(m.state1, m.scale1, qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, qmap, i0, m.n, vec, b);
+    load_state<K>(m.state1, m.scale1, quant.qmap, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, quant.qmap, i0, m.n, vec, b);
 
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
@@ -74,8 +73,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     }
 
     store8(static_cast<T *>(m.param), i0, m.n, vec, p);
-    store_state<K>(m.state1, m.scale1, qmap, zero, i0, m.n, vec, s);
-    if (mom) store_state<K>(m.state2, m.scale2, qmap, zero, i0, m.n, vec, b);
+    store_state<K>(m.state1, m.scale1, quant, i0, m.n, vec, s);
+    if (mom) store_state<K>(m.state2, m.scale2, quant, i0, m.n, vec, b);
   }
 }
 

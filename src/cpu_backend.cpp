@@ -190,7 +190,12 @@ float abs_max(const float *s, int64_t len) {
 }
 [[gnu::always_inline]] inline void encode_loop(const math::DynamicCoder &coder, const float *__restrict s, float a,
                                                uint8_t *__restrict codes, int64_t len) {
-  for (int64_t k = 0; k < len; ++k) codes[k] = math::quantize_scaled(coder, s[k], a);
+  if (!(a > 0.0f)) {  // math::quantize_scaled's zero scale, outside the loop
+    for (int64_t k = 0; k < len; ++k) codes[k] = uint8_t(coder.zero);
+    return;
+  }
+  const math::DynamicCoder d = coder;  // a local copy: stores to codes cannot alias it
+  for (int64_t k = 0; k < len; ++k) codes[k] = math::dynamic_code(d, s[k] / a);
 }
 void decode_base(const float *qmap, const uint8_t *codes, float a, float *out, int64_t len) {
   decode_loop(qmap, codes, a, out, len);
