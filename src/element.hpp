@@ -250,7 +250,7 @@ QRMS_HD uint8_t zero_code(const float *qmap) {
 // (tests/test_quant_sweep.cpp: every float in [-1, 1] and around every
 // midpoint). Maps of another shape keep nearest_code with a search.
 
-constexpr int kMaxDecades = 8;
+constexpr int kMaxDecades = 7;  // the 8-bit maps use all 7; each costs the CPU loop a compare and two blends
 
 struct DynamicCoder {
   float edge[kMaxDecades];              // lower edge of decade k (k >= 1); +inf past the last decade

@@ -27,13 +27,14 @@ uint64_t device_mismatches(qrms::core::Backend &gpu, const std::vector<float> &q
     for (int64_t k = 0; k < per_block && b * per_block + k < int64_t(values.size()); ++k)
       in[size_t(b * 256 + 1 + k)] = values[size_t(b * per_block + k)];
   }
-  DevBuf dq(256 * sizeof(float)), din(size_t(n) * sizeof(float)), dcodes(size_t(n)), dabs(size_t(blocks) * sizeof(float));
+  const size_t bytes = static_cast<size_t>(n);
+  DevBuf dq(256 * sizeof(float)), din(bytes * sizeof(float)), dcodes(bytes), dabs(static_cast<size_t>(blocks) * sizeof(float));
   CUDA_REQUIRE(cudaMemcpy(dq.get(), q.data(), 256 * sizeof(float), cudaMemcpyHostToDevice));
   CUDA_REQUIRE(cudaMemcpy(din.get(), in.data(), size_t(n) * sizeof(float), cudaMemcpyHostToDevice));
   gpu.quantize_blockwise(dq.get<float>(), din.get<float>(), dcodes.get<uint8_t>(), dabs.get<float>(), n, 256, nullptr);
-  std::vector<uint8_t> codes(size_t(n));
+  std::vector<uint8_t> codes(bytes);
   CUDA_REQUIRE(cudaDeviceSynchronize());
-  CUDA_REQUIRE(cudaMemcpy(codes.data(), dcodes.get(), size_t(n), cudaMemcpyDeviceToHost));
+  CUDA_REQUIRE(cudaMemcpy(codes.data(), dcodes.get(), bytes, cudaMemcpyDeviceToHost));
 
   const unsigned threads = std::max(1u, std::thread::hardware_concurrency());
   std::vector<uint64_t> bad(threads, 0);
