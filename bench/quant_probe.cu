@@ -17,13 +17,14 @@ __global__ void __launch_bounds__(kThreads) probe_search_kernel(const float *qma
     out[i] = math::quantize_scaled(qmap, in[i], absmax, zero);
 }
 
-// The dynamic maps' coder, as the update kernels call it.
+// The dynamic maps' coder alone (the update kernels also carry the search
+// for other maps, on a branch that is uniform over the block).
 __global__ void __launch_bounds__(kThreads) probe_coder_kernel(const float *qmap_global, const float *in, uint8_t *out,
                                                                int64_t n, float absmax) {
   __shared__ Quantizer quant;
   load_quantizer(qmap_global, quant);
   for (int64_t i = int64_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += int64_t(gridDim.x) * kThreads)
-    out[i] = quantize(quant, in[i], absmax);
+    out[i] = math::quantize_scaled(quant.coder, in[i], absmax);
 }
 
 // An empty loop of the same shape: its instructions are the walk, not the quantizer.

@@ -101,9 +101,15 @@ QRMS_DEV void load_quantizer(const float *qmap_global, Quantizer &q) {
   }
 }
 
+// The search for maps without a coder, out of line: it keeps the update
+// loops' code and registers those of the coder.
+__device__ __noinline__ uint8_t quantize_search(const Quantizer &q, float v, float a) {
+  return math::quantize_scaled(q.qmap, v, a, q.zero);
+}
+
 // Code for v in a block of scale a (SPEC 4), by the coder or the search.
 QRMS_DEV uint8_t quantize(const Quantizer &q, float v, float a) {
-  return q.dynamic ? math::quantize_scaled(q.coder, v, a) : math::quantize_scaled(q.qmap, v, a, q.zero);
+  return q.dynamic ? math::quantize_scaled(q.coder, v, a) : quantize_search(q, v, a);
 }
 
 // ---- state of one thread's 8 elements ----------------------------------------
