@@ -103,7 +103,7 @@ QRMS_DEV void load_quantizer(const float *qmap_global, Quantizer &q) {
 
 // The search for maps without a coder, out of line: it keeps the update
 // loops' code and registers those of the coder.
-__device__ __noinline__ uint8_t quantize_search(const Quantizer &q, float v, float a) {
+static __device__ __noinline__ uint8_t quantize_search(const Quantizer &q, float v, float a) {
   return math::quantize_scaled(q.qmap, v, a, q.zero);
 }
 

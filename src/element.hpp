@@ -255,7 +255,7 @@ constexpr int kMaxDecades = 7;  // the 8-bit maps use all 7; each costs the CPU 
 struct DynamicCoder {
   float edge[kMaxDecades];              // lower edge of decade k (k >= 1); +inf past the last decade
   float mul[kMaxDecades], add[kMaxDecades];
-  float up[2][256];                     // [x < 0][L]: smallest |x| with a magnitude above L; NaN: none
+  float up[2 * 256];                    // [256 * (x < 0) + L]: smallest |x| with a magnitude above L; NaN: none
   int32_t top[2];                       // largest L per sign
   int32_t zero;                         // code of 0.0
   int32_t is_signed;
@@ -323,7 +323,7 @@ QRMS_HD int dynamic_index(const DynamicShape &sh, int code) {
   return m < 0 ? -m : m;
 }
 
-// d.up[s][L]: the smallest |x| (of sign s) that nearest_code maps to a
+// d.up[256 * s + L]: the smallest |x| (of sign s) that nearest_code maps to a
 // magnitude above L, by bisection over the float bit patterns of [0, inf];
 // NaN when none. Monotone because nearest_code is (the sweep checks it).
 QRMS_HD void dynamic_threshold(DynamicCoder &d, const DynamicShape &sh, const float *qmap, int s, int L) {
@@ -333,14 +333,14 @@ QRMS_HD void dynamic_threshold(DynamicCoder &d, const DynamicShape &sh, const fl
   };
   uint32_t lo = 0, hi = 0x7f800000u;  // invariant: !above(lo), above(hi)
   if (L > d.top[s] || !above(hi)) {
-    d.up[s][L] = NAN;
+    d.up[256 * s + L] = NAN;
     return;
   }
   while (hi - lo > 1) {
     const uint32_t mid = lo + (hi - lo) / 2;
     if (above(mid)) hi = mid; else lo = mid;
   }
-  d.up[s][L] = bits_float(hi);
+  d.up[256 * s + L] = bits_float(hi);
 }
 
 // The code nearest_code gives x, for a map the coder was built for. Written
@@ -362,7 +362,7 @@ QRMS_HD uint8_t dynamic_code(const DynamicCoder &d, float x) {
   const float t = a * m + c;                 // >= 0.38 for every a >= 0; inf for inf; NaN for NaN
   const float top = float(s ? d.top[1] : d.top[0]);
   const int lo = int(t < top ? t : top);     // NaN and inf: top
-  const int mag = lo + int(a >= d.up[0][s * 256 + lo]);  // up[s][lo]
+  const int mag = lo + int(a >= d.up[256 * s + lo]);
   const int code = s ? d.zero - mag : d.zero + mag;
   return uint8_t(x == x ? code : 0);         // NaN: code 0, as nearest_code
 }
