@@ -17,6 +17,12 @@ using core::StateKind;
 
 #define QRMS_DEV __device__ __forceinline__
 
+// What cudaLaunchKernel takes for kernel f. The emulated device
+// (tests/emu/) defines its own, which also records f's signature and name.
+#ifndef QRMS_KERNEL_HANDLE
+#define QRMS_KERNEL_HANDLE(...) reinterpret_cast<const void *>(&__VA_ARGS__)
+#endif
+
 // ---- 8 consecutive elements per thread -------------------------------------
 
 // Elements [i0, i0 + 8) of p, those at or past n replaced by T{}. `vec`: the

@@ -206,36 +206,36 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 const void *update_prep_kernel() {
-  return reinterpret_cast<const void *>(&update_prep_kernel_impl);
+  return QRMS_KERNEL_HANDLE(update_prep_kernel_impl);
 }
 const void *tensor8_finalize_kernel() {
-  return reinterpret_cast<const void *>(&tensor8_finalize_kernel_impl);
+  return QRMS_KERNEL_HANDLE(tensor8_finalize_kernel_impl);
 }
 const void *clip_prep_kernel() {
-  return reinterpret_cast<const void *>(&clip_prep_kernel_impl);
+  return QRMS_KERNEL_HANDLE(clip_prep_kernel_impl);
 }
 template <typename T>
 const void *clip_norm_kernel() {
-  return reinterpret_cast<const void *>(&clip_norm_kernel_impl<T>);
+  return QRMS_KERNEL_HANDLE(clip_norm_kernel_impl<T>);
 }
 template const void *clip_norm_kernel<float>();
 template const void *clip_norm_kernel<math::half_t>();
 template const void *clip_norm_kernel<math::bf16_t>();
 const void *clip_finalize_kernel() {
-  return reinterpret_cast<const void *>(&clip_finalize_kernel_impl);
+  return QRMS_KERNEL_HANDLE(clip_finalize_kernel_impl);
 }
 template <typename T>
 const void *finite_kernel() {
-  return reinterpret_cast<const void *>(&finite_kernel_impl<T>);
+  return QRMS_KERNEL_HANDLE(finite_kernel_impl<T>);
 }
 template const void *finite_kernel<float>();
 template const void *finite_kernel<math::half_t>();
 template const void *finite_kernel<math::bf16_t>();
 const void *quantize_blockwise_kernel() {
-  return reinterpret_cast<const void *>(&quantize_blockwise_kernel_impl);
+  return QRMS_KERNEL_HANDLE(quantize_blockwise_kernel_impl);
 }
 const void *dequantize_blockwise_kernel() {
-  return reinterpret_cast<const void *>(&dequantize_blockwise_kernel_impl);
+  return QRMS_KERNEL_HANDLE(dequantize_blockwise_kernel_impl);
 }
 
 }  // namespace gpu

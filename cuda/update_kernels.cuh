@@ -173,11 +173,11 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_cons
 
 template <typename T, StateKind K>
 const void *update_kernel() {
-  return reinterpret_cast<const void *>(&update_kernel_impl<T, K>);
+  return QRMS_KERNEL_HANDLE(update_kernel_impl<T, K>);
 }
 template <typename T, StateKind K>
 const void *reduce_kernel() {
-  return reinterpret_cast<const void *>(&reduce_kernel_impl<T, K>);
+  return QRMS_KERNEL_HANDLE(reduce_kernel_impl<T, K>);
 }
 
 #define QRMS_INSTANTIATE_UPDATE(K)                       \
