@@ -202,10 +202,15 @@ TEST_CASE("pointers that are not memory of the optimizer's device are a DeviceEr
 
 TEST_CASE("a CUDA optimizer on a device that does not exist is a DeviceError", "[gpu][device]") {
   const int count = device_count();
-  for (int idx : {count, count + 7, -1}) {
+  // -1 is not among them: it means the calling thread's current device.
+  for (int idx : {count, count + 7, -2}) {
     CAPTURE(idx);
     CHECK_THROWS_AS(qrms::RMSprop(1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, false, 32, qrms::Args{}, qrms::Device::CUDA, idx),
                     qrms::DeviceError);
+  }
+  {
+    qrms::RMSprop current(1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, false, 32, qrms::Args{}, qrms::Device::CUDA, -1);
+    CHECK(current.device() == qrms::Device::CUDA);
   }
   // The caller's current device is left alone by a working optimizer too.
   int before = -1, after = -1;
