@@ -490,7 +490,22 @@ int cuda_pointer_device(const void *p) noexcept {
   return attr.type == cudaMemoryTypeDevice ? attr.device : -1;
 }
 
+// The driver must be at least as new as the runtime's major version (CUDA's
+// minor version compatibility covers the rest); an older one would fail at
+// the first call with a less helpful error.
+void check_driver() {
+  int driver = 0, runtime = 0;
+  check(cudaDriverGetVersion(&driver), "cudaDriverGetVersion");
+  check(cudaRuntimeGetVersion(&runtime), "cudaRuntimeGetVersion");
+  auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+  if (driver == 0) throw DeviceError("no CUDA driver is installed (qrmsprop was built with CUDA " + version(runtime) + ")");
+  if (driver / 1000 < runtime / 1000)
+    throw DeviceError("the CUDA driver supports CUDA " + version(driver) + ", older than the CUDA " + version(runtime) +
+                      " runtime qrmsprop was built with: update the NVIDIA driver");
+}
+
 std::unique_ptr<Backend> make_cuda_backend(int device_index) {
+  check_driver();
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
   if (err != cudaSuccess) throw_cuda(err, "no usable CUDA device");

@@ -118,20 +118,19 @@ __global__ void __launch_bounds__(kClipThreads) clip_finalize_kernel_impl(const 
   __syncthreads();
   if (t == 0) math::record_gnorm(hist, step, *m.acc);
   __syncthreads();
-  // Rank sort: entry t goes after every smaller entry and every equal one
-  // with a lower index. (sorted is pre-filled so NaN entries leave no holes.)
+  // Rank sort in math::gnorm_less order: entry t goes after every entry
+  // before it in that order and every equivalent one (equal, or both NaN)
+  // with a lower index, so the ranks are a permutation, NaN entries included.
   int rank = 0;
   float v = 0.0f;
   if (t < math::kGnormHistory) {
     v = hist[t];
     for (int k = 0; k < math::kGnormHistory; ++k) {
       const float w = hist[k];
-      rank += (w < v || (w == v && k < t)) ? 1 : 0;
+      rank += (math::gnorm_less(w, v) || (!math::gnorm_less(v, w) && k < t)) ? 1 : 0;
     }
-    sorted[t] = v;
     m.gnorm_vec[t] = v;
   }
-  __syncthreads();
   if (t < math::kGnormHistory) sorted[rank] = v;
   __syncthreads();
   if (t == 0) *m.gnorm_scale = math::clip_scale(hist, sorted, step, m.percentile);
@@ -140,8 +139,9 @@ __global__ void __launch_bounds__(kClipThreads) clip_finalize_kernel_impl(const 
 // ---- non-finite gradients ----------------------------------------------------
 
 // *found = 1 when any element of the listed gradients (times the unscale
-// factor) is inf or NaN. Every writer stores the same value, so plain stores
-// suffice.
+// factor) is inf or NaN. Every writer stores the same value; the store is
+// atomic because concurrent plain stores are a data race in CUDA's memory
+// model (and a ThreadSanitizer report on the emulated device).
 template <typename T>
 __global__ void __launch_bounds__(kThreads) finite_kernel_impl(const __grid_constant__ ClipBatch args,
                                                                int32_t *found) {
@@ -158,7 +158,7 @@ __global__ void __launch_bounds__(kThreads) finite_kernel_impl(const __grid_cons
 #pragma unroll
     for (int j = 0; j < kVec; ++j) bad |= !isfinite(math::grad_in(math::to_float(g[j]), unscale));
   }
-  if (bad) *found = 1;
+  if (bad) atomicExch(found, int32_t(1));
 }
 
 // ---- quantize / dequantize ----------------------------------------------------

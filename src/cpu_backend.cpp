@@ -534,7 +534,7 @@ class CpuBackend final : public Backend {
         math::record_gnorm(j.gnorm_vec, step, q);
         float sorted[math::kGnormHistory];
         std::copy(j.gnorm_vec, j.gnorm_vec + math::kGnormHistory, sorted);
-        std::sort(sorted, sorted + math::kGnormHistory);
+        std::sort(sorted, sorted + math::kGnormHistory, math::gnorm_less);
         *j.gnorm_scale = math::clip_scale(j.gnorm_vec, sorted, step, j.percentile);
       }
     });

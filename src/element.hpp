@@ -157,6 +157,13 @@ QRMS_HD void record_gnorm(float *hist, int64_t step, float q) {
   }
 }
 
+// The order of the sorted history: ascending, NaN after every number (as
+// torch.sort), so that both backends sort a history holding NaN norms the
+// same way and every entry has one rank.
+QRMS_HD bool gnorm_less(float a, float b) {
+  return a < b || (b != b && a == a);
+}
+
 QRMS_HD float clip_scale(const float *hist, const float *sorted_hist, int64_t step, int percentile) {
   const float current = sqrtf(hist[step % kGnormHistory]);
   const float clip = sqrtf(sorted_hist[percentile]);

@@ -42,7 +42,7 @@ constexpr size_t kNone = size_t(-1);
 
 struct TensorLayout {
   int64_t n;
-  size_t param, grad, s1, s2 = kNone, sc1 = kNone, sc2 = kNone, gnorm = kNone, unorm = kNone;
+  size_t param, grad, s1, s2 = kNone, sc1 = kNone, sc2 = kNone, gnorm = kNone, unorm = kNone, step = kNone;
   qrms::math::Hyper hp;
 };
 
@@ -58,6 +58,7 @@ qrms::core::TensorUpdate at(const TensorLayout &l, uint8_t *base) {
   t.scale2 = reinterpret_cast<float *>(ptr(l.sc2));
   t.gnorm_scale = reinterpret_cast<const float *>(ptr(l.gnorm));
   t.unorm = reinterpret_cast<float *>(ptr(l.unorm));
+  t.step = reinterpret_cast<int64_t *>(ptr(l.step));
   t.hp = l.hp;
   return t;
 }
@@ -178,13 +179,65 @@ TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-par
   CHECK(unorm_code_diffs <= unorm_codes / 100);
 }
 
+// Every tensor counts the step, also one without elements (it has no chunk
+// of the grid-stride walk), and also in a launch with no chunk at all.
+TEST_CASE("core update: tensors with no elements count their steps", "[gpu][core][sanitize]") {
+  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8);
+  CAPTURE(int(kind));
+  for (const std::vector<int64_t> &sizes : {std::vector<int64_t>{0, 3000, 0, 1}, std::vector<int64_t>{0, 0}}) {
+    CAPTURE(sizes.size());
+    Arena arena;
+    const size_t qmap_off = arena.reserve(256 * sizeof(float));
+    std::vector<TensorLayout> ls;
+    for (int64_t n : sizes) {
+      TensorLayout l;
+      l.n = n;
+      l.hp = qrms::math::Hyper{1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0};
+      l.param = arena.reserve(size_t(n) * 4 + 4);
+      l.grad = arena.reserve(size_t(n) * 4 + 4);
+      l.s1 = arena.reserve(size_t(n) * 4 + 4);
+      if (kind != StateKind::Float32) l.sc1 = arena.reserve(size_t(qrms::core::num_blocks(n) + 2) * 4);
+      l.step = arena.reserve(sizeof(int64_t));
+      ls.push_back(l);
+    }
+    arena.allocate();
+    const std::vector<float> qmap = qrms::dynamic_map(true);
+    std::memcpy(arena.h(qmap_off), qmap.data(), 256 * sizeof(float));
+    arena.upload();
+    std::vector<qrms::core::TensorUpdate> cpu_t, gpu_t;
+    for (const TensorLayout &l : ls) {
+      cpu_t.push_back(at(l, arena.host.data()));
+      gpu_t.push_back(at(l, arena.dev.bytes()));
+    }
+    auto cpu = qrms::core::make_cpu_backend();
+    auto gpu = qrms::core::make_cuda_backend(0);
+    for (int step = 0; step < 3; ++step) {
+      cpu->update(kind, Dtype::Float32, cpu_t.data(), cpu_t.size(), reinterpret_cast<const float *>(arena.h(qmap_off)),
+                  qrms::core::StepControl{}, nullptr);
+      gpu->update(kind, Dtype::Float32, gpu_t.data(), gpu_t.size(), reinterpret_cast<const float *>(arena.d(qmap_off)),
+                  qrms::core::StepControl{}, nullptr);
+    }
+    const std::vector<uint8_t> back = arena.download();
+    for (const TensorLayout &l : ls) {
+      CAPTURE(l.n);
+      int64_t sc = 0, sg = 0;
+      std::memcpy(&sc, arena.h(l.step), 8);
+      std::memcpy(&sg, back.data() + l.step, 8);
+      CHECK(sc == 3);
+      CHECK(sg == 3);
+    }
+  }
+}
+
 namespace {
 
 // Percentile clipping on both backends for `steps` steps; the scales are
 // compared after every step, history and step counters at the end. Gradient
 // scales vary per job and step so the history holds distinct norms.
-void check_clip(Dtype dtype, int jobs, int steps, int64_t first_n, int64_t max_n) {
-  CAPTURE(dtype_name(dtype), jobs, steps);
+// nonfinite: job 0 gets a NaN gradient at step 2 and job 1 an inf at step 3,
+// so their histories hold non-finite norms for the rest of the run.
+void check_clip(Dtype dtype, int jobs, int steps, int64_t first_n, int64_t max_n, bool nonfinite = false) {
+  CAPTURE(dtype_name(dtype), jobs, steps, nonfinite);
   Arena arena;
   struct J {
     int64_t n;
@@ -228,7 +281,9 @@ void check_clip(Dtype dtype, int jobs, int steps, int64_t first_n, int64_t max_n
   for (int step = 0; step < steps; ++step) {
     for (int i = 0; i < jobs; ++i) {
       const J &j = js[size_t(i)];
-      const std::vector<uint8_t> g = random_tensor(dtype, j.n, 7u * uint32_t(i) + 1000u * uint32_t(step), gscale(rng));
+      std::vector<uint8_t> g = random_tensor(dtype, j.n, 7u * uint32_t(i) + 1000u * uint32_t(step), gscale(rng));
+      if (nonfinite && i == 0 && step == 1) set_elem(dtype, g.data(), j.n / 2, std::nanf(""));
+      if (nonfinite && i == 1 && step == 2) set_elem(dtype, g.data(), 0, INFINITY);
       std::memcpy(arena.h(j.grad), g.data(), g.size());
       CUDA_REQUIRE(cudaMemcpy(arena.d(j.grad), g.data(), g.size(), cudaMemcpyHostToDevice));
     }
@@ -259,9 +314,12 @@ void check_clip(Dtype dtype, int jobs, int steps, int64_t first_n, int64_t max_n
     std::memcpy(&sg, back.data() + j.step, 8);
     CHECK(sc == steps);
     CHECK(sg == steps);
+    // Non-finite norms are the same on both sides; the rest are sums in
+    // another order.
+    const auto nan_as = [](float v) { return std::isnan(v) ? -1.0f : std::isinf(v) ? -2.0f : v; };
     const Diff dh = compare(
-        100, false, [&](int64_t k) { return reinterpret_cast<const float *>(arena.h(j.hist))[k]; },
-        [&](int64_t k) { return reinterpret_cast<const float *>(back.data() + j.hist)[k]; });
+        100, false, [&](int64_t k) { return nan_as(reinterpret_cast<const float *>(arena.h(j.hist))[k]); },
+        [&](int64_t k) { return nan_as(reinterpret_cast<const float *>(back.data() + j.hist)[k]); });
     INFO("history: " << dh.str());
     CHECK(dh.mismatches == 0);
   }
@@ -272,6 +330,10 @@ void check_clip(Dtype dtype, int jobs, int steps, int64_t first_n, int64_t max_n
 TEST_CASE("core clip: more jobs than one launch table", "[gpu][core][sanitize]") {
   const Dtype dtype = GENERATE(Dtype::Float32, Dtype::BFloat16);
   check_clip(dtype, 600, 4, 50000, 3000);  // 600 > gpu::kMaxClipJobs (512)
+}
+
+TEST_CASE("core clip: NaN and inf norms in the history", "[gpu][core][sanitize]") {
+  check_clip(Dtype::Float32, 5, 12, 3000, 700, true);
 }
 
 TEST_CASE("core clip: a full history of distinct norms, every percentile", "[gpu][core]") {

@@ -222,3 +222,24 @@ TEST_CASE("a CUDA optimizer on a device that does not exist is a DeviceError", "
   CUDA_REQUIRE(cudaGetDevice(&after));
   CHECK(before == after);
 }
+
+#ifdef QRMS_EMULATED_DEVICE
+// The emulated device reports the driver version QRMS_EMU_DRIVER_VERSION
+// says; a real driver cannot be made older from a test.
+TEST_CASE("a CUDA driver older than the runtime is a DeviceError at creation", "[gpu][device]") {
+  const char *old_driver = GENERATE("12080", "0");
+  CAPTURE(old_driver);
+  REQUIRE(setenv("QRMS_EMU_DRIVER_VERSION", old_driver, 1) == 0);
+  std::string message;
+  try {
+    qrms::RMSprop opt(1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, false, 32, qrms::Args{}, qrms::Device::CUDA, 0);
+  } catch (const qrms::DeviceError &e) {
+    message = e.what();
+  }
+  unsetenv("QRMS_EMU_DRIVER_VERSION");
+  CHECK_THAT(message, Catch::Contains("driver"));
+  // With the runtime's own version it works.
+  qrms::RMSprop opt(1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, false, 32, qrms::Args{}, qrms::Device::CUDA, 0);
+  CHECK(opt.device() == qrms::Device::CUDA);
+}
+#endif

@@ -237,3 +237,87 @@ TEST_CASE("GPU matches CPU: mixed dtypes and configs in one optimizer", "[gpu]")
     }
   }
 }
+
+// Loss scaling as a mixed-precision loop uses it: every gradient times the
+// unscale factor (a device float the caller changes between steps), and
+// skip_nonfinite skipping a whole step when a scaled gradient holds inf or
+// NaN, reported through found_inf. Same inputs on both backends: the found
+// flags, the step counters and the params (bit for bit) must agree.
+TEST_CASE("GPU matches CPU: grad unscale factor, skip_nonfinite and found_inf", "[gpu][sanitize]") {
+  const int bits = GENERATE(32, 8);
+  const Dtype d = GENERATE(Dtype::Float32, Dtype::BFloat16);
+  CAPTURE(bits, dtype_name(d));
+  qrms::Config cfg;
+  cfg.optim_bits = bits;
+  cfg.momentum = 0.9f;
+  cfg.skip_nonfinite = true;
+  qrms::Optimizer1State cpu(cfg, qrms::Device::CPU, 0), gpu(cfg, qrms::Device::CUDA, 0);
+  const std::vector<int64_t> sizes{5000, 300, 70001};
+  std::vector<std::vector<uint8_t>> hp, hg;
+  std::vector<DevBuf> dp, dg;
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    hp.push_back(random_tensor(d, sizes[k], 40u + uint32_t(k), 1.0f));
+    hg.emplace_back(hp.back().size(), 0);
+    dp.emplace_back(hp.back().size());
+    dg.emplace_back(hp.back().size());
+    CUDA_REQUIRE(cudaMemcpy(dp.back().get(), hp.back().data(), hp.back().size(), cudaMemcpyHostToDevice));
+    cpu.add_param(hp.back().data(), hg.back().data(), d, sizes[k]);
+    gpu.add_param(dp.back().get(), dg.back().get(), d, sizes[k]);
+  }
+  float host_unscale = 1.0f;
+  DevBuf dev_unscale(sizeof(float));
+  cpu.set_grad_unscale(&host_unscale);
+  gpu.set_grad_unscale(dev_unscale.get<float>());
+
+  // Per step: the unscale factor and which gradient element turns bad.
+  struct S {
+    float unscale;
+    float bad;     // 0: none
+    size_t where;  // tensor holding it
+  };
+  const float big = 3e38f;  // finite in both dtypes
+  const std::vector<S> plan = {{0.5f, 0.0f, 0},      {0.25f, INFINITY, 1}, {1.0f, std::nanf(""), 2},
+                               {2.0f, 0.0f, 0},      {1e-3f, -INFINITY, 0}, {4.0f, big, 1},  // finite, overflows * 4
+                               {0.125f, 0.0f, 0}};
+  int64_t taken = 0;
+  for (size_t s = 0; s < plan.size(); ++s) {
+    CAPTURE(s, plan[s].unscale, plan[s].bad);
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      // Into the registered buffer: the CPU optimizer holds its address.
+      const std::vector<uint8_t> g = random_tensor(d, sizes[k], 700u + 13u * uint32_t(s) + uint32_t(k), 2.0f, 0.05);
+      std::copy(g.begin(), g.end(), hg[k].begin());
+      if (plan[s].bad != 0.0f && plan[s].where == k) set_elem(d, hg[k].data(), sizes[k] / 3, plan[s].bad);
+      CUDA_REQUIRE(cudaMemcpy(dg[k].get(), hg[k].data(), hg[k].size(), cudaMemcpyHostToDevice));
+    }
+    host_unscale = plan[s].unscale;
+    CUDA_REQUIRE(cudaMemcpy(dev_unscale.get(), &host_unscale, sizeof(float), cudaMemcpyHostToDevice));
+    cpu.step();
+    gpu.step(nullptr);
+    const bool expect_skip = plan[s].bad != 0.0f && !std::isfinite(plan[s].bad * plan[s].unscale);
+    taken += expect_skip ? 0 : 1;
+    CHECK(cpu.read_found_inf() == expect_skip);
+    CHECK(gpu.read_found_inf() == expect_skip);
+    for (size_t k = 0; k < sizes.size(); ++k) {
+      CAPTURE(k);
+      CHECK(cpu.get_step(int64_t(k)) == taken);
+      CHECK(gpu.get_step(int64_t(k)) == taken);
+    }
+  }
+  CUDA_REQUIRE(cudaDeviceSynchronize());
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    CAPTURE(k, sizes[k]);
+    std::vector<uint8_t> back(hp[k].size());
+    CUDA_REQUIRE(cudaMemcpy(back.data(), dp[k].get(), back.size(), cudaMemcpyDeviceToHost));
+    const Diff dd = compare(
+        sizes[k], true, [&](int64_t i) { return get_elem(d, hp[k].data(), i); },
+        [&](int64_t i) { return get_elem(d, back.data(), i); });
+    INFO("params: " << dd.str());
+    CHECK(dd.mismatches == 0);
+    const std::vector<float> a = cpu.read_state(int64_t(k), QRMS_STATE_SQUARE_AVG);
+    const std::vector<float> b = gpu.read_state(int64_t(k), QRMS_STATE_SQUARE_AVG);
+    const Diff ds = compare(
+        sizes[k], true, [&](int64_t i) { return a[size_t(i)]; }, [&](int64_t i) { return b[size_t(i)]; });
+    INFO("state: " << ds.str());
+    CHECK(ds.mismatches == 0);
+  }
+}
