@@ -129,6 +129,18 @@ stage_abi() {
 }
 STAGES+=(stage_abi)
 
+# The CUDA backend's kernels on the emulated device (cmake -DQRMS_CUDA=EMULATE):
+# the whole GPU suite, one process per test case, then the [sanitize] cases
+# under ASan+UBSan and under TSan; then scripts/gpu-check.sh's dry run on the
+# same emulated build, so the GPU check itself is tested.
+stage_gpu_emulated() {
+  bash "$QRMS_ROOT/scripts/emu-gpu.sh" all
+  # The dry run takes the [sanitize] cases: the suite itself ran just above.
+  QRMS_GPU_CHECK_FILTER="[sanitize]" bash "$QRMS_ROOT/scripts/gpu-check.sh" --emulated "$QRMS_ROOT/build-emu" \
+    "$QRMS_ROOT/build-emu/gpu-check-out"
+}
+STAGES+=(stage_gpu_emulated)
+
 # ---- runner (keep at the end) -------------------------------------------------
 run_stage() {
   local name="$1" rc start
