@@ -469,6 +469,10 @@ inline cudaError_t allocate(void **p, size_t bytes, cudaMemoryType type) {
     return fail(cudaErrorMemoryAllocation);
   void *q = nullptr;
   if (posix_memalign(&q, 256, bytes ? bytes : 1) != 0) return fail(cudaErrorMemoryAllocation);
+  // Fresh device memory holds NaN bytes (QRMS_EMU_POISON: another byte), not
+  // the zeros a new host page happens to have: a kernel reading memory
+  // nobody wrote sees garbage here as it would on a GPU.
+  if (type != cudaMemoryTypeHost) std::memset(q, env_int("QRMS_EMU_POISON", 0xff), bytes);
   d.allocs[reinterpret_cast<uintptr_t>(q)] = Alloc{bytes ? bytes : 1, type};
   if (type != cudaMemoryTypeHost) d.used += bytes;
   *p = q;
