@@ -444,18 +444,66 @@ inline void run_block_fibers(Block &b, const std::function<void()> &body) {
   s.current = -1;
 }
 
-inline void run_block_threads(Block &b, const std::function<void()> &body) {
-  std::vector<std::thread> pool;
-  pool.reserve(size_t(b.nthreads));
-  for (int i = 0; i < b.nthreads; ++i)
-    pool.emplace_back([&b, &body, i] {
-      ThreadCtx *t = &b.th[size_t(i)];
+// OS-thread mode: a pool of workers kept across blocks and launches (a
+// ThreadSanitizer build creates threads slowly). Worker i runs thread i of
+// each block. The workers of a block start together (a start barrier), so
+// none finishes before another has begun: the pool's own locking orders
+// nothing inside the block, and races between its threads stay visible.
+struct Pool {
+  std::mutex mu;
+  std::condition_variable wake, done;
+  std::vector<std::thread> workers;
+  uint64_t epoch = 0;
+  int started = 0, running = 0;
+  Block *block = nullptr;
+  const std::function<void()> *body = nullptr;
+
+  void work(int i) {
+    uint64_t seen = 0;
+    for (;;) {
+      Block *b;
+      const std::function<void()> *fn;
+      {
+        std::unique_lock<std::mutex> lock(mu);
+        wake.wait(lock, [&] { return epoch != seen && block && i < block->nthreads; });
+        seen = epoch;
+        b = block;
+        fn = body;
+        ++started;
+        if (started == b->nthreads) wake.notify_all();
+        wake.wait(lock, [&] { return started == b->nthreads; });
+      }
+      ThreadCtx *t = &b->th[size_t(i)];
       tls_thread = t;
-      body();
+      (*fn)();
       thread_exit(*t);
       tls_thread = nullptr;
-    });
-  for (std::thread &th : pool) th.join();
+      std::lock_guard<std::mutex> lock(mu);
+      if (--running == 0) done.notify_all();
+    }
+  }
+
+  void run(Block &b, const std::function<void()> &fn) {
+    std::unique_lock<std::mutex> lock(mu);
+    while (workers.size() < size_t(b.nthreads)) {
+      const int i = int(workers.size());
+      workers.emplace_back([this, i] { work(i); });
+      workers.back().detach();
+    }
+    block = &b;
+    body = &fn;
+    started = 0;
+    running = b.nthreads;
+    ++epoch;
+    wake.notify_all();
+    done.wait(lock, [&] { return running == 0; });
+    block = nullptr;
+  }
+};
+
+inline void run_block_threads(Block &b, const std::function<void()> &body) {
+  static Pool *pool = new Pool();  // never destroyed: its workers outlive main
+  pool->run(b, body);
 }
 
 // Runs body() as every thread of every block of the grid, blocks in order.
