@@ -26,7 +26,6 @@ suite() {
   local dir="$prefix"
   echo "== emulated device: the whole GPU suite ($dir)"
   configure "$dir" Release ""
-  "$dir/tests/gpu/qrms_test_gpu" --list-test-names-only | grep -c . | xargs echo "test cases:"
   ctest --test-dir "$dir" -R gpu --output-on-failure -j"$jobs" --no-tests=error
 }
 
