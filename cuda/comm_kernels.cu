@@ -1,8 +1,7 @@
 // The slots around a sharded step's all-reduces (core::SlotOp), on the
 // device and in stream order, so that a step with a communicator still does
 // not synchronise with the host. A few floats: one block walks them.
-#include <cuda/std/cmath>
-
+#include "device.cuh"
 #include "launch.hpp"
 
 namespace qrms {
@@ -35,7 +34,7 @@ __global__ void slots_kernel_impl(int op, float *v, int64_t n, int32_t *flag) {
 }  // namespace
 
 const void *slots_kernel() {
-  return reinterpret_cast<const void *>(&slots_kernel_impl);
+  return QRMS_KERNEL_HANDLE(slots_kernel_impl);
 }
 
 }  // namespace gpu

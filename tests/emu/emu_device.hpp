@@ -33,6 +33,9 @@
 constexpr int warpSize = 32;
 
 #define __syncthreads() ::emu::syncthreads(__FILE__, __LINE__)
+#define __syncthreads_count(p) ::emu::syncthreads_count(__FILE__, __LINE__, (p))
+#define __syncthreads_and(p) int(::emu::syncthreads_count(__FILE__, __LINE__, (p)) == ::emu::cur().block->nthreads)
+#define __syncthreads_or(p) int(::emu::syncthreads_count(__FILE__, __LINE__, (p)) != 0)
 #define __syncwarp(...) ::emu::syncwarp(__FILE__, __LINE__, ##__VA_ARGS__)
 #define __shfl_sync(mask, v, src, ...) ::emu::shfl("__shfl_sync", __FILE__, __LINE__, mask, v, ::emu::Shfl::Idx, src, ##__VA_ARGS__)
 #define __shfl_xor_sync(mask, v, m, ...) ::emu::shfl("__shfl_xor_sync", __FILE__, __LINE__, mask, v, ::emu::Shfl::Xor, m, ##__VA_ARGS__)

@@ -140,6 +140,7 @@ struct Block {
   Site site;
   int first_at_barrier = -1;
   std::atomic<uint64_t> progress{0};
+  std::atomic<int> votes{0};  // __syncthreads_count/and/or
   bool os_threads = false;
 
   [[noreturn]] void fail(int thread, const std::string &what) {
@@ -294,6 +295,20 @@ inline void syncthreads(const char *file, int line) {
     wait_until(b, &lock, &b.cv, [&] { return b.gen != my_gen; });
   }
   t.where = "running";
+}
+
+// __syncthreads_count (and _and, _or): the threads' predicates summed across
+// one barrier; two more barriers let every thread read the sum before it is
+// cleared for the next call.
+inline int syncthreads_count(const char *file, int line, bool p) {
+  Block &b = *cur().block;
+  if (p) b.votes.fetch_add(1);
+  syncthreads(file, line);
+  const int n = b.votes.load();
+  syncthreads(file, line);
+  if (cur().linear == 0) b.votes.store(0);
+  syncthreads(file, line);
+  return n;
 }
 
 // ---- warp collectives -------------------------------------------------------
