@@ -38,7 +38,7 @@ cp -R "$src/pyproject.toml" "$src/README.md" "$src/CMakeLists.txt" "$src/_build_
   "$src/src" "$src/tests" "$src/examples" "$stage/"
 mkdir "$stage/c"
 cp -R "$QRMS_ROOT/CMakeLists.txt" "$QRMS_ROOT/include" "$QRMS_ROOT/src" "$QRMS_ROOT/capi" \
-  "$QRMS_ROOT/cuda" "$QRMS_ROOT/cmake" "$stage/c/"
+  "$QRMS_ROOT/cuda" "$QRMS_ROOT/cmake" "$QRMS_ROOT/adapters" "$stage/c/"
 find "$stage" -name __pycache__ -prune -exec rm -rf {} +
 
 rm -f "$out"/qrmsprop-*.tar.gz "$out"/qrmsprop-*.whl

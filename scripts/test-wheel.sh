@@ -53,7 +53,7 @@ if grep -E '\((RPATH|RUNPATH)\)' <<<"$dyn" | grep -vE '\[(\$ORIGIN[^]:]*)(:\$ORI
 fi
 sdist=$(ls "$dist"/qrmsprop-*.tar.gz)
 listing=$(tar -tzf "$sdist")
-for f in c/CMakeLists.txt c/include/qrmsprop/qrmsprop.h c/capi/exports.map CMakeLists.txt pyproject.toml src/qrmsprop/_lib.py; do
+for f in c/CMakeLists.txt c/include/qrmsprop/qrmsprop.h c/capi/exports.map c/adapters/CMakeLists.txt CMakeLists.txt pyproject.toml src/qrmsprop/_lib.py; do
   grep -qx "qrmsprop-[0-9.]*/$f" <<<"$listing" || fail "$(basename "$sdist") has no $f"
 done
 info_py="$unpacked/qrmsprop/_build_info.py"
