@@ -89,7 +89,7 @@ qrms::math::Hyper read_hyper(const qrms_update_params *hp) {
   c.args.max_unorm = p.max_unorm;
   c.args.skip_zeros = p.skip_zeros != 0;
   qrms::validate(c);
-  return qrms::math::Hyper{p.lr, p.alpha, p.eps, p.weight_decay, p.momentum, p.max_unorm, p.skip_zeros ? 1 : 0};
+  return qrms::math::Hyper{p.lr, p.alpha, p.eps, p.weight_decay, p.momentum, p.max_unorm, uint16_t(p.skip_zeros ? 1 : 0), 0};
 }
 
 std::unique_ptr<qrms::core::Backend> backend_for(qrms_device_t device) {

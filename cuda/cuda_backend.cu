@@ -224,6 +224,8 @@ class CudaBackend final : public Backend {
           b.qmap = qmap;
           b.grad_unscale = ctl.grad_unscale;
           b.skip = ctl.skip;
+          b.stochastic_round = ctl.stochastic_round && dtype != Dtype::Float32 ? 1 : 0;
+          b.seed = ctl.seed;
           b.count = 0;
           b.chunk_start[0] = 0;
           for (; i < count && b.count < gpu::kMaxTensors; ++i) add_tensor(b, tensors[i], kind, dtype);
@@ -402,7 +404,8 @@ class CudaBackend final : public Backend {
   }
 
   // The launches of one table, in stream order:
-  //   [prep]   zero unorm sums (and Tensor8's new_max1)   if max_unorm or Tensor8   (pass All, Read)
+  //   [prep]   zero unorm sums (and Tensor8's new_max1),  if max_unorm, Tensor8     (pass All, Read)
+  //            step += 1 with stochastic rounding          or stochastic rounding
   //   [reduce] pre-pass: sums of squares, new_max1        if max_unorm or Tensor8   (pass All, Read)
   //   [take]   Tensor8: new_max1 := the reduced maxima                              (pass Write)
   //   update   the element math, params and state                                   (pass All, Write)
@@ -433,7 +436,8 @@ class CudaBackend final : public Backend {
   template <typename T, StateKind K>
   void run_pre_pass(gpu::UpdateBatch &b, bool any_unorm, int &mode, cudaStream_t st) {
     constexpr bool tensor8 = K == StateKind::Tensor8;
-    if (tensor8 || any_unorm) launch(gpu::update_prep_kernel(), 1, gpu::kThreads, st, "update (zero)", &b, &mode);
+    if (tensor8 || any_unorm || b.stochastic_round)
+      launch(gpu::update_prep_kernel(), 1, gpu::kThreads, st, "update (zero)", &b, &mode);
     if (tensor8) {
       if (b.total_chunks > 0) launch_walk(gpu::reduce_kernel<T, K>(), b.total_chunks, st, "update (pre-pass)", &b);
     } else if (any_unorm) {

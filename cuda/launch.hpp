@@ -38,7 +38,7 @@ struct TensorMeta {
   float *scale2;
   const float *gnorm_scale;  // nullptr: 1
   float *unorm;              // {sum u^2, sum P^2} when hp.max_unorm > 0
-  int64_t *step;             // steps taken; the update kernel adds 1 (nullptr: none)
+  int64_t *step;             // steps taken; the update kernel adds 1 (prep kernel with stochastic rounding)
   float *new_max;            // Tensor8 of a sharded step: the pre-pass's maxima (nullptr: scale1[1], scale2[1])
   int64_t n;
   math::Hyper hp;
@@ -53,7 +53,10 @@ struct UpdateBatch {
   const int32_t *skip;        // while *skip != 0 (non-finite gradients) no kernel changes anything
   int64_t total_chunks;
   int32_t count;
-  int32_t reserved;
+  // 1: stochastic rounding of the (16-bit) params; then the prep kernel
+  // advances the step counters, which the update kernel reads as its key.
+  int32_t stochastic_round;
+  uint64_t seed;
   int64_t chunk_start[kMaxTensors + 1];
   TensorMeta t[kMaxTensors];
 };

@@ -20,7 +20,9 @@ struct NanMax {
 
 // Zeroes the accumulators the pre-pass adds into (PrepMode): {sum u^2,
 // sum P^2} of every max_unorm tensor and, for Tensor8, new_max1 of s and b;
-// or, in a sharded step's writing pass, takes the reduced maxima.
+// or, in a sharded step's writing pass, takes the reduced maxima. With
+// stochastic rounding it also counts the step (in the pass All or Read), so
+// that every block of the update kernel reads the same step as its key.
 __global__ void update_prep_kernel_impl(const __grid_constant__ UpdateBatch args, int mode) {
   if (args.skip && *args.skip) return;
   for (int i = int(threadIdx.x); i < args.count; i += int(blockDim.x)) {
@@ -41,6 +43,7 @@ __global__ void update_prep_kernel_impl(const __grid_constant__ UpdateBatch args
       m.unorm[0] = 0.0f;
       m.unorm[1] = 0.0f;
     }
+    if (args.stochastic_round && m.step) ++*m.step;
   }
 }
 

@@ -42,8 +42,9 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     ti = owner(args.chunk_start, c, ti);
     const TensorMeta &m = args.t[ti];
     // The block of the tensor's first chunk counts the step (no other thread
-    // reads the counter during this kernel).
-    if (c == args.chunk_start[ti] && threadIdx.x == 0 && m.step) ++*m.step;
+    // reads the counter during this kernel); with stochastic rounding the
+    // prep kernel has counted it and every block reads it.
+    if (c == args.chunk_start[ti] && threadIdx.x == 0 && m.step && !args.stochastic_round) ++*m.step;
     const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
     // Block-wise: the warp computes its block's absmax together, so it goes on
     // as a whole while its first element exists.
@@ -55,6 +56,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     const bool vec = m.vec != 0;
     const float gscale = m.gnorm_scale ? *m.gnorm_scale : 1.0f;
     const float uscale = h.max_unorm > 0.0f ? math::update_scale(h.max_unorm, h.eps, m.unorm[0], m.unorm[1]) : 1.0f;
+    const int64_t step = args.stochastic_round && m.step ? *m.step : 0;
 
     T p[kVec], g[kVec];
     float s[kVec], b[kVec] = {};
@@ -68,8 +70,11 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
       const float pf = math::to_float(p[j]);
       float u;
       // An element skip_zeros leaves untouched keeps its stored bits.
-      if (math::rms_element(h, pf, math::grad_in(math::to_float(g[j]), unscale), gscale, s[j], b[j], u))
-        p[j] = math::from_float<T>(math::apply_update(pf, h.lr, uscale, u));
+      if (math::rms_element(h, pf, math::grad_in(math::to_float(g[j]), unscale), gscale, s[j], b[j], u)) {
+        const float v = math::apply_update(pf, h.lr, uscale, u);
+        p[j] = args.stochastic_round ? math::round_stochastic<T>(v, math::rounding_bits(args.seed, step, h.stream, i0 + j))
+                                     : math::from_float<T>(v);
+      }
     }
 
     store8(static_cast<T *>(m.param), i0, m.n, vec, p);

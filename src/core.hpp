@@ -72,6 +72,11 @@ struct StepControl {
   const float *grad_unscale = nullptr;  // device float multiplying every gradient first; nullptr: 1
   const int32_t *skip = nullptr;        // device flag: while *skip != 0 a pass changes nothing
   Pass pass = Pass::All;
+  // Stochastic rounding of 16-bit parameters (float32 ones ignore it), keyed
+  // by seed, the tensor's step (the one this pass takes), hp.stream and the
+  // element index (math::rounding_bits).
+  bool stochastic_round = false;
+  uint64_t seed = 0;
 };
 
 // Stream-ordered helpers around a cross-rank all-reduce of device floats.

@@ -14,6 +14,7 @@
 #include <new>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "core.hpp"
@@ -271,11 +272,29 @@ struct StateIO {
 // with momentum) stored in place. With skip_zeros, skipped elements keep
 // their parameter bits (the flag is a template argument: a runtime flag in
 // the select keeps GCC from vectorising the loop).
-template <typename T, bool Momentum, bool SkipZeros>
+// Stochastic rounding's key for the elements of one block (p[0] is element
+// `first` of its tensor); `on` false: round to nearest.
+struct Rounding {
+  bool on = false;
+  uint64_t seed = 0;
+  int64_t step = 0;
+  int64_t first = 0;
+};
+
+template <typename T, bool Stochastic>
+[[gnu::always_inline]] inline T round_param(float v, const math::Hyper &h, const Rounding &r, int64_t k) {
+  if constexpr (Stochastic)
+    return math::round_stochastic<T>(v, math::rounding_bits(r.seed, r.step, h.stream, r.first + k));
+  else
+    return math::from_float<T>(v);
+}
+
+template <typename T, bool Momentum, bool SkipZeros, bool Stochastic>
 [[gnu::always_inline]] inline void update_loop(const math::Hyper &hp, T *__restrict p, const T *__restrict g,
                                                float *__restrict s, float *__restrict b, int64_t len, float unscale,
-                                               float gscale, float uscale) {
+                                               float gscale, float uscale, const Rounding &rnd) {
   const math::Hyper h = hp;  // a local copy: stores to float arrays cannot alias it
+  const Rounding r = rnd;
   for (int64_t k = 0; k < len; ++k) {
     const T old = p[k];
     const float pk = math::to_float(old), gk = math::grad_in(math::to_float(g[k]), unscale);
@@ -283,7 +302,7 @@ template <typename T, bool Momentum, bool SkipZeros>
     math::rms_element(h, pk, gk, gscale, sk, bk, uk);
     s[k] = sk;
     if (Momentum) b[k] = bk;
-    p[k] = pick(SkipZeros && math::skipped(h, gk), old, math::from_float<T>(math::apply_update(pk, h.lr, uscale, uk)));
+    p[k] = pick(SkipZeros && math::skipped(h, gk), old, round_param<T, Stochastic>(math::apply_update(pk, h.lr, uscale, uk), h, r, k));
   }
 }
 
@@ -291,33 +310,52 @@ template <typename T, bool Momentum, bool SkipZeros>
 // AVX2 (8 lanes instead of 4; picked at run time when the CPU has it). Both
 // run the same IEEE float operations (no FMA: -ffp-contract=off), so they
 // give the same bits; the tests run both.
-template <typename T, bool Momentum, bool SkipZeros>
+template <typename T, bool Momentum, bool SkipZeros, bool Stochastic>
 void update_block_base(const math::Hyper &h, T *p, const T *g, float *s, float *b, int64_t len, float unscale,
-                       float gscale, float uscale) {
-  update_loop<T, Momentum, SkipZeros>(h, p, g, s, b, len, unscale, gscale, uscale);
+                       float gscale, float uscale, const Rounding &rnd) {
+  update_loop<T, Momentum, SkipZeros, Stochastic>(h, p, g, s, b, len, unscale, gscale, uscale, rnd);
 }
 
 #if QRMS_CPU_AVX2
-template <typename T, bool Momentum, bool SkipZeros>
+template <typename T, bool Momentum, bool SkipZeros, bool Stochastic>
 [[gnu::target("avx2")]] void update_block_avx2(const math::Hyper &h, T *p, const T *g, float *s, float *b,
-                                               int64_t len, float unscale, float gscale, float uscale) {
-  update_loop<T, Momentum, SkipZeros>(h, p, g, s, b, len, unscale, gscale, uscale);
+                                               int64_t len, float unscale, float gscale, float uscale,
+                                               const Rounding &rnd) {
+  update_loop<T, Momentum, SkipZeros, Stochastic>(h, p, g, s, b, len, unscale, gscale, uscale, rnd);
 }
 #endif
+
+// The loop for one combination of the runtime flags, as a template argument
+// each (stochastic rounding only for 16-bit params).
+template <typename T, bool Avx2, bool... Flags>
+auto pick_update_block() {
+#if QRMS_CPU_AVX2
+  if constexpr (Avx2) return &update_block_avx2<T, Flags...>;
+  else
+#endif
+    return &update_block_base<T, Flags...>;
+}
+
+template <typename T, bool Avx2>
+auto pick_update_block(bool mom, bool skip, bool stochastic) {
+  if constexpr (!std::is_same_v<T, float>) {
+    if (stochastic)
+      return mom ? (skip ? pick_update_block<T, Avx2, true, true, true>() : pick_update_block<T, Avx2, true, false, true>())
+                 : (skip ? pick_update_block<T, Avx2, false, true, true>() : pick_update_block<T, Avx2, false, false, true>());
+  }
+  return mom ? (skip ? pick_update_block<T, Avx2, true, true, false>() : pick_update_block<T, Avx2, true, false, false>())
+             : (skip ? pick_update_block<T, Avx2, false, true, false>() : pick_update_block<T, Avx2, false, false, false>());
+}
 
 template <typename T>
 void update_block(const math::Hyper &h, T *p, const T *g, float *s, float *b, int64_t len, float unscale,
-                  float gscale, float uscale) {
-  using Fn = void (*)(const math::Hyper &, T *, const T *, float *, float *, int64_t, float, float, float);
+                  float gscale, float uscale, const Rounding &rnd) {
   const bool mom = h.momentum > 0.0f, skip = h.skip_zeros != 0;
-  Fn run = mom ? (skip ? update_block_base<T, true, true> : update_block_base<T, true, false>)
-               : (skip ? update_block_base<T, false, true> : update_block_base<T, false, false>);
+  auto run = pick_update_block<T, false>(mom, skip, rnd.on);
 #if QRMS_CPU_AVX2
-  if (g_simd.load(std::memory_order_relaxed) == CpuSimd::Avx2)
-    run = mom ? (skip ? update_block_avx2<T, true, true> : update_block_avx2<T, true, false>)
-              : (skip ? update_block_avx2<T, false, true> : update_block_avx2<T, false, false>);
+  if (g_simd.load(std::memory_order_relaxed) == CpuSimd::Avx2) run = pick_update_block<T, true>(mom, skip, rnd.on);
 #endif
-  run(h, p, g, s, b, len, unscale, gscale, uscale);
+  run(h, p, g, s, b, len, unscale, gscale, uscale, rnd);
 }
 
 // Runs SPEC 3 over the blocks of one chunk. With write == false it only
@@ -325,7 +363,7 @@ void update_block(const math::Hyper &h, T *p, const T *g, float *s, float *b, in
 // changes nothing; with write == true it stores params and state.
 template <typename T>
 void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool write, float unscale, float gscale,
-                float uscale, Partial &acc) {
+                float uscale, Rounding rnd, Partial &acc) {
   const math::Hyper h = t.hp;
   const bool mom = h.momentum > 0.0f;
   const bool norms = h.max_unorm > 0.0f;  // the read-only pass also sums squares
@@ -336,7 +374,8 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
   if (write && io.kind == StateKind::Float32) {  // contiguous state: the whole chunk in one loop
     const int64_t i0 = b0 * kBlockSize, len = std::min(b1 * kBlockSize, t.n) - i0;
     float *s = static_cast<float *>(t.state1) + i0, *b = mom ? static_cast<float *>(t.state2) + i0 : nullptr;
-    update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale);
+    rnd.first = i0;
+    update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale, rnd);
     return;
   }
   float sbuf[kBlockSize], bbuf[kBlockSize];
@@ -345,7 +384,8 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
     float *s = io.load_block(t.state1, t.scale1, blk, i0, len, sbuf);
     float *b = mom ? io.load_block(t.state2, t.scale2, blk, i0, len, bbuf) : nullptr;
     if (write) {
-      update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale);
+      rnd.first = i0;
+      update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale, rnd);
       io.store_block(t.state1, t.scale1, blk, i0, len, s);
       if (mom) io.store_block(t.state2, t.scale2, blk, i0, len, b);
       continue;
@@ -409,7 +449,7 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
     std::vector<Partial> parts(pre.size());
     parallel_chunks(static_cast<int64_t>(pre.size()), [&](int64_t k) {
       const ChunkRef r = pre[static_cast<size_t>(k)];
-      walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, unscale, gscale(r.tensor), 1.0f,
+      walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, unscale, gscale(r.tensor), 1.0f, Rounding{},
                     parts[static_cast<size_t>(k)]);
     });
     // Combine each tensor's partials in chunk order (thread-count independent);
@@ -448,8 +488,11 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
 
   parallel_chunks(static_cast<int64_t>(all.size()), [&](int64_t k) {
     const ChunkRef r = all[static_cast<size_t>(k)];
+    const TensorUpdate &t = tensors[r.tensor];
+    // The key's step is the one this pass takes (counted below).
+    const Rounding rnd{ctl.stochastic_round, ctl.seed, t.step ? *t.step + 1 : 0, 0};
     Partial unused;
-    walk_chunk<T>(tensors[r.tensor], io, r.chunk, true, unscale, gscale(r.tensor), uscale[r.tensor], unused);
+    walk_chunk<T>(t, io, r.chunk, true, unscale, gscale(r.tensor), uscale[r.tensor], rnd, unused);
   });
   for (size_t i = 0; i < count; ++i)
     if (tensors[i].step) ++*tensors[i].step;

@@ -94,12 +94,75 @@ template <> QRMS_HD float from_float<float>(float f) { return f; }
 template <> QRMS_HD bf16_t from_float<bf16_t>(float f) { return to_bf16(f); }
 template <> QRMS_HD half_t from_float<half_t>(float f) { return to_half(f); }
 
+// ---- stochastic rounding -------------------------------------------------
+
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2,
+// 3", SC 2011; the generator of cuRAND and Random123): 4 counter words and
+// 2 key words in, 4 random words out, no state. Products in 64-bit integers
+// on both backends, so the CPU and the GPU give the same bits.
+struct Philox4 {
+  uint32_t v[4];
+};
+QRMS_HD Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  for (int round = 0; round < 10; ++round) {
+    const uint64_t p0 = uint64_t(0xD2511F53u) * c0, p1 = uint64_t(0xCD9E8D57u) * c2;
+    const uint32_t n0 = uint32_t(p1 >> 32) ^ c1 ^ k0, n2 = uint32_t(p0 >> 32) ^ c3 ^ k1;
+    c1 = uint32_t(p1);
+    c3 = uint32_t(p0);
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return Philox4{{c0, c1, c2, c3}};
+}
+
+// The random word for element i of a parameter at optimizer step `step`:
+// key = seed, counter = (i, stream, step). Depends on nothing else (not the
+// thread count, chunking or backend), so a rerun gives the same bits.
+QRMS_HD uint32_t rounding_bits(uint64_t seed, int64_t step, uint32_t stream, int64_t i) {
+  const uint64_t ui = uint64_t(i), us = uint64_t(step);
+  return philox4x32_10(uint32_t(ui), uint32_t(ui >> 32) ^ (stream << 16), uint32_t(us), uint32_t(us >> 32),
+                       uint32_t(seed), uint32_t(seed >> 32))
+      .v[0];
+}
+
+// Unbiased stochastic rounding of f to a 16-bit dtype with the random word
+// r: f rounds away from zero to the next representable value with
+// probability (|f| - lo) / ulp, where lo is f truncated toward zero, else to
+// lo; so E[result] = f. The probability is exact (the dropped bits against
+// as many bits of r) except for float16 subnormals, where it is exact to
+// 2^-24 of an ulp. NaN, infinities and magnitudes at or beyond the largest
+// finite value round to nearest (never to an infinity by chance).
+template <typename T> QRMS_HD T round_stochastic(float f, uint32_t r);
+template <> QRMS_HD float round_stochastic<float>(float f, uint32_t) { return f; }
+template <> QRMS_HD bf16_t round_stochastic<bf16_t>(float f, uint32_t r) {
+  const uint32_t u = float_bits(f), a = u & 0x7fffffffu;
+  if (!(a < 0x7f7f0000u)) return to_bf16(f);
+  const uint32_t up = (a & 0xffffu) > (r >> 16) ? 1u : 0u;
+  return bf16_t{uint16_t(((u >> 16) & 0x8000u) | ((a >> 16) + up))};
+}
+template <> QRMS_HD half_t round_stochastic<half_t>(float f, uint32_t r) {
+  const uint32_t u = float_bits(f), a = u & 0x7fffffffu;
+  if (!(a < 0x477fe000u)) return to_half(f);  // 65504, the largest finite half
+  uint32_t h;
+  if (a >= 0x38800000u) {  // normal half: 13 dropped bits; +1 carries into the exponent
+    h = uint32_t(to_half(bits_float(a & ~0x1fffu)).bits) + ((a & 0x1fffu) > (r >> 19) ? 1u : 0u);
+  } else {  // subnormal half: multiples of 2^-24
+    const float q = bits_float(a) * 16777216.0f;
+    const float whole = floorf(q);
+    h = uint32_t(whole) + (q - whole > float(r >> 8) * 5.9604644775390625e-8f ? 1u : 0u);
+  }
+  return half_t{uint16_t(((u >> 16) & 0x8000u) | h)};
+}
+
 // ---- the RMSprop update ----------------------------------------------------
 
 // Per-tensor hyper-parameters as the kernels read them.
 struct Hyper {
   float lr, alpha, eps, weight_decay, momentum, max_unorm;
-  int32_t skip_zeros;
+  uint16_t skip_zeros;
+  uint16_t stream;  // stochastic rounding: the parameter's index (mod 2^16), so tensors draw different bits
 };
 
 // The gradient as the update sees it: times the caller's unscale factor

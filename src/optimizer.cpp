@@ -88,7 +88,7 @@ void check_aligned(const void *p, Dtype d, const char *what) {
 }
 
 math::Hyper hyper_of(const Config &c) {
-  return math::Hyper{c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, c.args.max_unorm, c.args.skip_zeros ? 1 : 0};
+  return math::Hyper{c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, c.args.max_unorm, uint16_t(c.args.skip_zeros ? 1 : 0), 0};
 }
 
 }  // namespace
@@ -251,6 +251,8 @@ void Optimizer1State::step(void *stream) {
   const bool comm = m.has_comm;
   core::StepControl ctl;
   ctl.grad_unscale = m.grad_unscale;
+  ctl.stochastic_round = m.cfg.stochastic_rounding;
+  ctl.seed = m.cfg.seed;
   // skip_nonfinite: one pass over every gradient first; the passes below
   // read the flag on the device and change nothing when it is set.
   if (m.cfg.skip_nonfinite) {

@@ -82,6 +82,8 @@ Config config_from_c(const qrms_config *cfg) {
   out.args.max_unorm = c.max_unorm;
   out.args.skip_zeros = c.skip_zeros != 0;
   out.skip_nonfinite = c.skip_nonfinite != 0;
+  out.stochastic_rounding = c.stochastic_rounding != 0;
+  out.seed = c.seed;
   return out;
 }
 
@@ -102,6 +104,8 @@ qrms_config config_to_c(const Config &cfg) {
   c.max_unorm = cfg.args.max_unorm;
   c.skip_zeros = cfg.args.skip_zeros ? 1 : 0;
   c.skip_nonfinite = cfg.skip_nonfinite ? 1 : 0;
+  c.stochastic_rounding = cfg.stochastic_rounding ? 1 : 0;
+  c.seed = cfg.seed;
   return c;
 }
 

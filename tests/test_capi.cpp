@@ -804,3 +804,42 @@ TEST_CASE("C ABI: skip_nonfinite skips a whole step with an inf or NaN gradient"
   CHECK(found == 0);
   CHECK(opt.get_step(1) == 4);
 }
+
+TEST_CASE("C ABI: stochastic_rounding and seed are appended; an older struct_size gets them off", "[capi][rounding]") {
+  qrms_config c;
+  QRMS_REQUIRE_OK(qrms_config_init_sized(&c, sizeof(c)));
+  CHECK(c.stochastic_rounding == 0);
+  CHECK(c.seed == 0);
+  // One bfloat16 step whose updates (lr 1e-4, |u| <= 10) are below half an
+  // ulp of the parameter: round-to-nearest keeps every value.
+  auto step_with = [](const qrms_config &cfg) {
+    qref::Tensor p(Dt::BF16, 4096), g(Dt::BF16, 4096);
+    for (int64_t i = 0; i < p.size(); ++i) {
+      p.set(i, 0.75f);
+      g.set(i, 1e-3f);
+    }
+    COpt opt(QRMS_RMSPROP, cfg);
+    opt.add(p, &g);
+    opt.step();
+    return p;
+  };
+  c.lr = 1e-4f;
+  const qref::Tensor nearest = step_with(c);
+  CHECK(nearest.get(0) == 0.75f);
+  // The layout before these fields (ending with skip_nonfinite), followed by
+  // bytes a newer caller would have set: they are not read.
+  struct Older {
+    qrms_config c;
+  } old;
+  std::memcpy(&old.c, &c, sizeof(c));
+  old.c.stochastic_rounding = 1;
+  old.c.seed = 99;
+  old.c.struct_size = offsetof(qrms_config, stochastic_rounding);
+  CHECK(step_with(old.c).same_bits(nearest));
+  // The full struct with the option on: some values move, reproducibly.
+  c.stochastic_rounding = 1;
+  c.seed = 99;
+  const qref::Tensor sr = step_with(c);
+  CHECK_FALSE(sr.same_bits(nearest));
+  CHECK(step_with(c).same_bits(sr));
+}

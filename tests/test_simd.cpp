@@ -23,7 +23,8 @@ struct Buffers {
 };
 
 // Three steps of one tensor with the given loops; everything the steps write.
-Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, int64_t n) {
+Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, int64_t n,
+            const core::StepControl &ctl = {}) {
   REQUIRE(core::set_cpu_simd(simd) == simd);
   const qref::Dt dt = static_cast<qref::Dt>(dtype);
   const bool is8 = kind != StateKind::Float32, mom = hp.momentum > 0.0f;
@@ -54,7 +55,7 @@ Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, in
   t.step = &out.step;
   t.hp = hp;
   auto backend = core::make_cpu_backend();
-  for (int k = 0; k < 3; ++k) backend->update(kind, dtype, &t, 1, qmap.data(), core::StepControl{}, nullptr);
+  for (int k = 0; k < 3; ++k) backend->update(kind, dtype, &t, 1, qmap.data(), ctl, nullptr);
   return out;
 }
 
@@ -68,18 +69,25 @@ TEST_CASE("baseline and AVX2 loops give the same bits", "[simd]") {
   }
   const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8);
   const Dtype dtype = GENERATE(Dtype::Float32, Dtype::Float16, Dtype::BFloat16);
-  const int option = GENERATE(0, 1, 2, 3);  // plain, momentum, skip_zeros + weight decay, max_unorm + momentum
-  math::Hyper hp{1e-3f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0};
+  // plain, momentum, skip_zeros + weight decay, max_unorm + momentum, stochastic rounding + skip_zeros
+  const int option = GENERATE(0, 1, 2, 3, 4);
+  math::Hyper hp{1e-3f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0, 0};
   if (option == 1 || option == 3) hp.momentum = 0.9f;
-  if (option == 2) {
+  core::StepControl ctl;
+  if (option == 4) {
+    ctl.stochastic_round = true;
+    ctl.seed = 0x1234567890abcdefull;
+    hp.stream = 3;
+  }
+  if (option == 2 || option == 4) {
     hp.skip_zeros = 1;
     hp.weight_decay = 0.01f;
   }
   if (option == 3) hp.max_unorm = 0.5f;
   const int64_t n = 70001;  // several chunks, a partial block and odd vector tails
   CAPTURE(int(kind), int(dtype), option);
-  const Buffers base = run(CpuSimd::Baseline, kind, dtype, hp, n);
-  const Buffers wide = run(CpuSimd::Avx2, kind, dtype, hp, n);
+  const Buffers base = run(CpuSimd::Baseline, kind, dtype, hp, n, ctl);
+  const Buffers wide = run(CpuSimd::Avx2, kind, dtype, hp, n, ctl);
   CHECK(base.param.same_bits(wide.param));
   CHECK(qtest::first_difference(base.s, wide.s) == -1);
   CHECK(qtest::first_difference(base.b, wide.b) == -1);

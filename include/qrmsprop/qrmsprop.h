@@ -104,12 +104,21 @@ typedef struct qrms_config {
   int32_t skip_nonfinite; /* 1: a step whose gradients (after the unscale factor) hold any
                              inf or NaN changes nothing, for every parameter, and sets the
                              found-inf flag. Optimizer-wide: ignored in per-parameter configs. */
+  /* ---- appended later in 0.1 (issue 15); a smaller struct_size leaves them 0. ---- */
+  int32_t stochastic_rounding; /* 1: the final rounding of a float16 / bfloat16 parameter is
+                                  unbiased-stochastic instead of to nearest even (float32 parameters
+                                  are unaffected); the random bits come from Philox4x32-10 keyed by
+                                  seed, the parameter's step and index and the element's index, so
+                                  results are reproducible, independent of the thread count and the
+                                  same on the CPU and a GPU. Optimizer-wide: ignored in
+                                  per-parameter configs. */
+  uint64_t seed;               /* key of the stochastic rounding generator (any value). */
 } qrms_config;
 
 /* Fills *cfg with the defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0,
  * momentum 0, centered 0, optim_bits 32, min_8bit_size 4096,
  * percentile_clipping 100, block_wise 1, max_unorm 0, skip_zeros 0,
- * skip_nonfinite 0. Writes at most `size` bytes (the caller's
+ * skip_nonfinite 0, stochastic_rounding 0, seed 0. Writes at most `size` bytes (the caller's
  * sizeof(qrms_config)) and sets struct_size to what it wrote: the smaller of
  * `size` and this library's struct. size below the first published struct
  * (64 bytes) is INVALID_ARGUMENT. FFI bindings call this one with the size of

@@ -68,6 +68,12 @@ struct Config {
   // Optimizer-wide (read from the optimizer's config, not per parameter):
   // skip the whole step when any gradient holds inf or NaN.
   bool skip_nonfinite = false;
+  // Optimizer-wide too: round 16-bit (bfloat16, float16) parameters
+  // stochastically (unbiased) instead of to nearest, with random bits from
+  // Philox keyed by seed, the parameter's step, its index and the element's
+  // index: the same bits on every backend and thread count.
+  bool stochastic_rounding = false;
+  uint64_t seed = 0;
 };
 
 // The one validation path: throws NotImplementedError for alpha == 0, then

@@ -82,7 +82,7 @@ TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-par
     l.n = i == 0 ? 100000 : 1 + (int64_t(i) * 977) % 6000;
     l.hp = qrms::math::Hyper{1e-2f * float(1 + i % 3),  0.9f + 0.001f * float(i % 50), 1e-8f,
                              i % 3 == 0 ? 0.01f : 0.0f, i % 2 ? 0.9f : 0.0f,           0.0f,
-                             i % 4 == 0 ? 1 : 0};
+                             uint16_t(i % 4 == 0 ? 1 : 0), 0};
     const bool mom = l.hp.momentum > 0.0f;
     if (with_unorm && i % 5 == 0) {
       l.hp.max_unorm = 1.0f;

@@ -90,7 +90,7 @@ TEST_CASE("a tensor of more than 2^31 elements: 8-bit block-wise state, bfloat16
   fill_periodic(param.get<bf16_t>(), pp, n);
   fill_periodic(grad.get<bf16_t>(), gp, n);
 
-  const qrms::math::Hyper h{1e-2f, 0.99f, 1e-8f, 0.0f, 0.9f, 0.0f, 0};
+  const qrms::math::Hyper h{1e-2f, 0.99f, 1e-8f, 0.0f, 0.9f, 0.0f, 0, 0};
   qrms::RMSprop8bit opt(h.lr, h.alpha, h.eps, h.weight_decay, h.momentum, false, qrms::Args{}, qrms::Device::CUDA, 0);
   opt.add_param(param.get(), grad.get(), qrms::Dtype::BFloat16, n);
   REQUIRE(opt.is_8bit(0));
