@@ -12,7 +12,12 @@
  * (384) and the biases are smaller and keep 32-bit state, as in bitsandbytes.
  *
  * Usage: train_mlp [--steps N] [--seed S] [--lr X] [--batch B]
- *                  [--device cpu|cuda] [--json|--quiet]
+ *                  [--weights f32|bf16|bf16-sr] [--device cpu|cuda] [--json|--quiet]
+ *
+ * --weights bf16 keeps the weights the optimizer updates in bfloat16 (no
+ * float32 master copy; forward and backward read them widened to float and
+ * the gradients are handed over as bfloat16), rounded to nearest;
+ * bf16-sr the same with qrms_config.stochastic_rounding on.
  * Exit status: 0 when every variant ends below its initial loss, 1 when one
  * does not, 2 on a usage or library error.
  *
@@ -272,6 +277,7 @@ typedef struct {
   uint64_t seed;
   float lr;
   int cuda, json;
+  int weights; /* 0: float32, 1: bfloat16 rounded to nearest, 2: bfloat16 rounded stochastically */
 } options_t;
 
 typedef struct {
@@ -290,13 +296,30 @@ static double now_seconds(void) {
   return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* float <-> bfloat16 for --weights bf16 (round to nearest even; no NaN here). */
+static uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+static float from_bf16(uint16_t h) {
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
 /* Trains from `init` (host, layout l) with variant v; returns 0 on success. */
 static int train(const variant_t *v, const options_t *o, const layout_t *l, const float *init,
                  const dataset_t *train_set, const dataset_t *test_set, result_t *res) {
   qrms_optimizer_t opt = NULL;
   qrms_config cfg;
   float *params = NULL, *grads = NULL;
-  float *opt_params = NULL, *opt_grads = NULL; /* what the optimizer sees */
+  void *opt_params = NULL, *opt_grads = NULL; /* what the optimizer sees */
+  uint16_t *params16 = NULL, *grads16 = NULL;  /* --weights bf16: the host copies */
+  const int bf16 = o->weights != 0;
+  const size_t elem = bf16 ? sizeof(uint16_t) : sizeof(float);
+  const size_t opt_bytes = (size_t)l->total * elem;
   rng_t batch_rng;
   model_t m, g;
   acts_t a;
@@ -318,12 +341,26 @@ static int train(const variant_t *v, const options_t *o, const layout_t *l, cons
   g = view(grads, l);
   opt_params = params;
   opt_grads = grads;
+  if (bf16) {
+    params16 = (uint16_t *)malloc(opt_bytes);
+    grads16 = (uint16_t *)calloc((size_t)l->total, sizeof(uint16_t));
+    if (!params16 || !grads16) {
+      fprintf(stderr, "train_mlp: out of memory\n");
+      goto fail;
+    }
+    for (index = 0; index < l->total; ++index) {
+      params16[index] = to_bf16(params[index]);
+      params[index] = from_bf16(params16[index]); /* the model sees the bfloat16 weights */
+    }
+    opt_params = params16;
+    opt_grads = grads16;
+  }
 #ifdef QRMS_EXAMPLE_CUDA
   if (o->cuda) {
-    CUDA_CHECK(cudaMalloc((void **)&opt_params, bytes));
-    CUDA_CHECK(cudaMalloc((void **)&opt_grads, bytes));
-    CUDA_CHECK(cudaMemcpy(opt_params, params, bytes, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemset(opt_grads, 0, bytes));
+    CUDA_CHECK(cudaMalloc(&opt_params, opt_bytes));
+    CUDA_CHECK(cudaMalloc(&opt_grads, opt_bytes));
+    CUDA_CHECK(cudaMemcpy(opt_params, bf16 ? (void *)params16 : (void *)params, opt_bytes, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemset(opt_grads, 0, opt_bytes));
   }
 #endif
 
@@ -331,9 +368,12 @@ static int train(const variant_t *v, const options_t *o, const layout_t *l, cons
   qrms_config_init(&cfg);
   cfg.lr = o->lr;
   cfg.block_wise = v->block_wise;
+  cfg.stochastic_rounding = o->weights == 2;
+  cfg.seed = o->seed;
   CHECK(qrms_optimizer_create(&opt, v->variant, &cfg, o->cuda ? QRMS_DEVICE_CUDA : QRMS_DEVICE_CPU, 0));
   for (t = 0; t < N_TENSORS; ++t) {
-    CHECK(qrms_optimizer_add_param(opt, opt_params + l->offset[t], opt_grads + l->offset[t], QRMS_FLOAT32,
+    CHECK(qrms_optimizer_add_param(opt, (char *)opt_params + (size_t)l->offset[t] * elem,
+                                   (char *)opt_grads + (size_t)l->offset[t] * elem, bf16 ? QRMS_BFLOAT16 : QRMS_FLOAT32,
                                    tensor_numel[t], &index));
   }
   CHECK(qrms_optimizer_state_bytes(opt, &res->state_bytes));
@@ -357,18 +397,22 @@ static int train(const variant_t *v, const options_t *o, const layout_t *l, cons
       forward(&m, train_set->x[e], train_set->y[e], &a);
       backward(&m, train_set->x[e], train_set->y[e], &a, 1.0f / (float)o->batch, &g);
     }
+    if (bf16)
+      for (index = 0; index < l->total; ++index) grads16[index] = to_bf16(grads[index]);
 #ifdef QRMS_EXAMPLE_CUDA
     if (o->cuda) {
       /* The step is stream-ordered on the default stream; the blocking copy
        * back waits for it. */
-      CUDA_CHECK(cudaMemcpy(opt_grads, grads, bytes, cudaMemcpyHostToDevice));
+      CUDA_CHECK(cudaMemcpy(opt_grads, bf16 ? (void *)grads16 : (void *)grads, opt_bytes, cudaMemcpyHostToDevice));
       CHECK(qrms_optimizer_step(opt, NULL));
-      CUDA_CHECK(cudaMemcpy(params, opt_params, bytes, cudaMemcpyDeviceToHost));
+      CUDA_CHECK(cudaMemcpy(bf16 ? (void *)params16 : (void *)params, opt_params, opt_bytes, cudaMemcpyDeviceToHost));
     } else
 #endif
     {
       CHECK(qrms_optimizer_step(opt, NULL));
     }
+    if (bf16)
+      for (index = 0; index < l->total; ++index) params[index] = from_bf16(params16[index]);
 
     /* Up to CURVE_POINTS evenly spaced points, the last one at the end. */
     if (res->curve_len <= CURVE_POINTS && (int64_t)step * CURVE_POINTS >= (int64_t)o->steps * next_point) {
@@ -399,12 +443,14 @@ fail:
   qrms_optimizer_destroy(opt);
 #ifdef QRMS_EXAMPLE_CUDA
   if (o->cuda) {
-    if (opt_params && opt_params != params) cudaFree(opt_params);
-    if (opt_grads && opt_grads != grads) cudaFree(opt_grads);
+    if (opt_params && opt_params != (void *)params && opt_params != (void *)params16) cudaFree(opt_params);
+    if (opt_grads && opt_grads != (void *)grads && opt_grads != (void *)grads16) cudaFree(opt_grads);
   }
 #endif
   free(params);
   free(grads);
+  free(params16);
+  free(grads16);
   return ok ? 0 : -1;
 }
 
@@ -412,11 +458,14 @@ fail:
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: train_mlp [--steps N] [--seed S] [--lr X] [--batch B] [--device cpu|cuda] [--json|--quiet]\n"
+          "usage: train_mlp [--steps N] [--seed S] [--lr X] [--batch B] [--weights W] [--device cpu|cuda]\n"
+          "                 [--json|--quiet]\n"
           "  --steps N      optimizer steps per variant (default 600)\n"
           "  --seed S       seed of data, initial weights and batches (default 1)\n"
           "  --lr X         peak learning rate, cosine-decayed to 10%% (default 0.003)\n"
           "  --batch B      minibatch size, 1..%d (default 64)\n"
+          "  --weights W    f32 (default), bf16 (bfloat16 weights, rounded to nearest) or bf16-sr\n"
+          "                 (bfloat16 weights, stochastic rounding, keyed by --seed)\n"
           "  --device D     cpu (default) or cuda (builds with the CUDA backend only)\n"
           "  --json         print only one JSON line per variant (--quiet is the same)\n",
           MAX_BATCH);
@@ -430,6 +479,7 @@ static int parse_args(int argc, char **argv, options_t *o) {
   o->lr = 3e-3f;
   o->cuda = 0;
   o->json = 0;
+  o->weights = 0;
   for (i = 1; i < argc; ++i) {
     const char *arg = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -463,6 +513,16 @@ static int parse_args(int argc, char **argv, options_t *o) {
       double lr = strtod(val, &end);
       if (*end) goto bad;
       o->lr = (float)lr; /* the library validates it */
+    } else if (strcmp(arg, "--weights") == 0) {
+      if (strcmp(val, "f32") == 0) {
+        o->weights = 0;
+      } else if (strcmp(val, "bf16") == 0) {
+        o->weights = 1;
+      } else if (strcmp(val, "bf16-sr") == 0) {
+        o->weights = 2;
+      } else {
+        goto bad;
+      }
     } else if (strcmp(arg, "--device") == 0) {
       if (strcmp(val, "cpu") == 0) {
         o->cuda = 0;
@@ -482,6 +542,8 @@ static int parse_args(int argc, char **argv, options_t *o) {
   }
   return 0;
 }
+
+static const char *const weights_name[] = {"f32", "bf16", "bf16-sr"};
 
 int main(int argc, char **argv) {
   static const variant_t variants[] = {
@@ -530,6 +592,7 @@ int main(int argc, char **argv) {
            o.cuda ? "cuda" : "cpu", (int)qrms_get_num_threads());
     printf("task: 3 spirals, %d train / %d test points; MLP 2-%d-%d-3 (ReLU), batch %d, %d steps, lr %g, seed %llu\n",
            N_TRAIN, N_TEST, H1, H2, o.batch, o.steps, (double)o.lr, (unsigned long long)o.seed);
+    printf("weights the optimizer updates: %s\n", weights_name[o.weights]);
     printf("8-bit variants: 8-bit state for");
     for (t = 0; t < N_TENSORS; ++t)
       if (tensor_numel[t] >= defaults.min_8bit_size) printf(" %s (%lld)", tensor_name[t], (long long)tensor_numel[t]);
@@ -547,10 +610,10 @@ int main(int argc, char **argv) {
     }
     if (!(res->final_loss < res->initial_loss)) failed = 1;
     if (o.json) {
-      printf("{\"variant\":\"%s\",\"device\":\"%s\",\"steps\":%d,\"initial_loss\":%.6f,\"final_loss\":%.6f,"
+      printf("{\"variant\":\"%s\",\"device\":\"%s\",\"weights\":\"%s\",\"steps\":%d,\"initial_loss\":%.6f,\"final_loss\":%.6f,"
              "\"train_accuracy\":%.4f,\"test_accuracy\":%.4f,\"state_bytes\":%lld,\"save_bytes\":%llu,"
              "\"seconds\":%.3f}\n",
-             variants[v].name, o.cuda ? "cuda" : "cpu", o.steps, (double)res->initial_loss,
+             variants[v].name, o.cuda ? "cuda" : "cpu", weights_name[o.weights], o.steps, (double)res->initial_loss,
              (double)res->final_loss, (double)res->train_acc, (double)res->test_acc,
              (long long)res->state_bytes, (unsigned long long)res->blob_bytes, res->seconds);
       continue;
