@@ -7,7 +7,11 @@
 # each 8-bit variant's final loss to the 32-bit one of the same seed.
 #
 #   bash bench/quality.sh [--seeds N] [--steps N] [--device cpu|cuda]
-#                         [--bin path/to/train_mlp] [--jsonl out.jsonl]
+#                         [--weights f32,bf16,bf16-sr] [--bin path/to/train_mlp]
+#                         [--jsonl out.jsonl]
+#
+# --weights: a comma-separated list of train_mlp --weights values (default
+# f32); each runs every variant, named "<variant> (<weights>)" unless f32.
 #
 # The trainer is found at --bin, $TRAIN_MLP, or <build>/examples/train_mlp for
 # the build folders $QRMS_BUILD_DIR, build, build-example; failing that it is
@@ -20,6 +24,7 @@ steps=600
 device=cpu
 bin="${TRAIN_MLP:-}"
 jsonl=""
+weights=f32
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -28,7 +33,8 @@ while [[ $# -gt 0 ]]; do
     --device) device="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --jsonl) jsonl="$2"; shift 2 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    --weights) weights="$2"; shift 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "quality.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -49,13 +55,17 @@ fi
 
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-echo "quality.sh: $bin --steps $steps --device $device, seeds 1..$seeds" >&2
-for ((s = 1; s <= seeds; ++s)); do
-  # Exit status 1 means a variant did not reduce the loss: keep the numbers,
-  # the table shows it. 2 is a usage or library error: stop.
-  rc=0
-  "$bin" --steps "$steps" --seed "$s" --device "$device" --json | sed "s/^{/{\"seed\":$s,/" >>"$out" || rc=$?
-  if [[ $rc -ge 2 ]]; then echo "quality.sh: train_mlp failed (exit $rc) for seed $s" >&2; exit 1; fi
+echo "quality.sh: $bin --steps $steps --device $device --weights $weights, seeds 1..$seeds" >&2
+IFS=, read -r -a weight_list <<<"$weights"
+for w in "${weight_list[@]}"; do
+  for ((s = 1; s <= seeds; ++s)); do
+    # Exit status 1 means a variant did not reduce the loss: keep the numbers,
+    # the table shows it. 2 is a usage or library error: stop.
+    rc=0
+    "$bin" --steps "$steps" --seed "$s" --device "$device" --weights "$w" --json |
+      sed "s/^{/{\"seed\":$s,/" >>"$out" || rc=$?
+    if [[ $rc -ge 2 ]]; then echo "quality.sh: train_mlp failed (exit $rc) for seed $s" >&2; exit 1; fi
+  done
 done
 [[ -n "$jsonl" ]] && cp "$out" "$jsonl"
 
@@ -64,6 +74,9 @@ import json, statistics, sys
 
 path, steps, device = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in open(path) if l.startswith("{")]
+for r in rows:
+    if r.get("weights", "f32") != "f32":
+        r["variant"] += " (%s weights)" % r["weights"]
 variants = []
 for r in rows:
     if r["variant"] not in variants:

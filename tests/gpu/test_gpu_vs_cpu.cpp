@@ -14,7 +14,7 @@ using qrms::Dtype;
 namespace {
 
 enum class Variant { Bits32, Blockwise8, Tensor8 };
-enum class Option { None, Momentum, WeightDecay, SkipZeros, Clipping, MaxUnorm, All };
+enum class Option { None, Momentum, WeightDecay, SkipZeros, Clipping, MaxUnorm, All, Stochastic };
 
 const char *variant_name(Variant v) {
   switch (v) {
@@ -44,6 +44,8 @@ const char *option_name(Option o) {
       return "max_unorm";
     case Option::All:
       return "all options";
+    case Option::Stochastic:
+      return "stochastic rounding + momentum";
   }
   return "?";
 }
@@ -61,6 +63,15 @@ std::unique_ptr<qrms::Optimizer1State> make_opt(Variant v, Option o, qrms::Devic
   if (o == Option::Clipping || o == Option::All) args.percentile_clipping = 50;
   if (o == Option::MaxUnorm || o == Option::All) args.max_unorm = 1.0f;
   const int bits = v == Variant::Bits32 ? 32 : 8;
+  if (o == Option::Stochastic) {  // same random bits on both backends: exact
+    qrms::Config c;
+    c.optim_bits = bits;
+    c.args = args;
+    c.momentum = 0.9f;
+    c.stochastic_rounding = true;
+    c.seed = 2026;
+    return std::make_unique<qrms::Optimizer1State>(c, dev, 0);
+  }
   return std::make_unique<qrms::RMSprop>(1e-2f, 0.99f, 1e-8f, wd, momentum, false, bits, args, dev, 0);
 }
 
@@ -139,7 +150,7 @@ void run_case(const Case &c) {
     }
     CHECK(gpu->get_step(int64_t(k)) == cpu->get_step(int64_t(k)));
 
-    const bool mom = c.option == Option::Momentum || c.option == Option::All;
+    const bool mom = c.option == Option::Momentum || c.option == Option::All || c.option == Option::Stochastic;
     for (int which = 0; which < (mom ? 2 : 1); ++which) {
       CAPTURE(which);
       const std::vector<float> a = cpu->read_state(int64_t(k), which);
@@ -169,13 +180,13 @@ TEST_CASE("GPU matches CPU: every variant x dtype x option", "[gpu][matrix]") {
   const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8);
   const Dtype d = GENERATE(Dtype::Float32, Dtype::Float16, Dtype::BFloat16);
   const Option o = GENERATE(Option::None, Option::Momentum, Option::WeightDecay, Option::SkipZeros, Option::Clipping,
-                            Option::MaxUnorm, Option::All);
+                            Option::MaxUnorm, Option::All, Option::Stochastic);
   run_case(Case{v, d, o, kSizes, 5});
 }
 
 TEST_CASE("GPU matches CPU: small subset for the sanitizers", "[gpu][sanitize]") {
   const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8);
-  const Option o = GENERATE(Option::Momentum, Option::All);
+  const Option o = GENERATE(Option::Momentum, Option::All, Option::Stochastic);
   run_case(Case{v, Dtype::BFloat16, o, {300, 4100, 9000}, 3});
 }
 
