@@ -826,16 +826,17 @@ TEST_CASE("C ABI: stochastic_rounding and seed are appended; an older struct_siz
   c.lr = 1e-4f;
   const qref::Tensor nearest = step_with(c);
   CHECK(nearest.get(0) == 0.75f);
-  // The layout before these fields (ending with skip_nonfinite), followed by
-  // bytes a newer caller would have set: they are not read.
-  struct Older {
-    qrms_config c;
-  } old;
-  std::memcpy(&old.c, &c, sizeof(c));
-  old.c.stochastic_rounding = 1;
-  old.c.seed = 99;
-  old.c.struct_size = offsetof(qrms_config, stochastic_rounding);
-  CHECK(step_with(old.c).same_bits(nearest));
+  // The layout before these fields (ending with skip_nonfinite; 72 bytes, the
+  // last 4 its tail padding, which such a caller may leave as garbage),
+  // followed by bytes a newer caller would have set: none of them is read.
+  qrms_config old;
+  std::memcpy(&old, &c, sizeof(c));
+  const size_t previous = offsetof(qrms_config, skip_nonfinite) + sizeof(int32_t) + 4;
+  REQUIRE(previous == offsetof(qrms_config, seed));
+  std::memset(reinterpret_cast<unsigned char *>(&old) + offsetof(qrms_config, skip_nonfinite) + sizeof(int32_t), 0xCD,
+              sizeof(old) - offsetof(qrms_config, skip_nonfinite) - sizeof(int32_t));
+  old.struct_size = previous;
+  CHECK(step_with(old).same_bits(nearest));
   // The full struct with the option on: some values move, reproducibly.
   c.stochastic_rounding = 1;
   c.seed = 99;

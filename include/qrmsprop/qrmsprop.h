@@ -105,14 +105,17 @@ typedef struct qrms_config {
                              inf or NaN changes nothing, for every parameter, and sets the
                              found-inf flag. Optimizer-wide: ignored in per-parameter configs. */
   /* ---- appended later in 0.1 (issue 15); a smaller struct_size leaves them 0. ---- */
+  int32_t reserved0;           /* never read: the tail padding of the layout above (72 bytes),
+                                  which its callers may leave uninitialised */
+  uint64_t seed;               /* key of the stochastic rounding generator (any value). */
   int32_t stochastic_rounding; /* 1: the final rounding of a float16 / bfloat16 parameter is
                                   unbiased-stochastic instead of to nearest even (float32 parameters
                                   are unaffected); the random bits come from Philox4x32-10 keyed by
                                   seed, the parameter's step and index and the element's index, so
                                   results are reproducible, independent of the thread count and the
                                   same on the CPU and a GPU. Optimizer-wide: ignored in
-                                  per-parameter configs. */
-  uint64_t seed;               /* key of the stochastic rounding generator (any value). */
+                                  per-parameter configs. Bytes after it are tail padding
+                                  (a later field starts at sizeof of this layout). */
 } qrms_config;
 
 /* Fills *cfg with the defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0,

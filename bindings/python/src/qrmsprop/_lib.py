@@ -76,6 +76,11 @@ class qrms_config(ctypes.Structure):
         # Appended after the first published struct (64 bytes on LP64, which
         # ends with skip_zeros); a library that predates it gets 64 bytes.
         ("skip_nonfinite", ctypes.c_int32),
+        # Appended later (issue 15; not yet exposed as optimizer keys here):
+        # reserved0 is the tail padding of the layout above, never read.
+        ("reserved0", ctypes.c_int32),
+        ("seed", ctypes.c_uint64),
+        ("stochastic_rounding", ctypes.c_int32),
     ]
 
 
