@@ -192,7 +192,7 @@ TEST_CASE("core update: tensors with no elements count their steps", "[gpu][core
     for (int64_t n : sizes) {
       TensorLayout l;
       l.n = n;
-      l.hp = qrms::math::Hyper{1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0};
+      l.hp = qrms::math::Hyper{1e-2f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0, 0};
       l.param = arena.reserve(size_t(n) * 4 + 4);
       l.grad = arena.reserve(size_t(n) * 4 + 4);
       l.s1 = arena.reserve(size_t(n) * 4 + 4);
