@@ -199,15 +199,19 @@ class Optimizer:
             raise ValueError("grad%s has %d elements but the param has %d" % (index_text, g.numel, pb.numel))
         return g
 
+    def _param_buffers(self, param, grad):
+        """The buffers of a new parameter (writable) and its gradient (or None)."""
+        pb = self._buffer(param, "param")
+        if pb.readonly:
+            raise ValueError("param is read-only; the optimizer writes to it in place")
+        return pb, self._grad_buffer(grad, pb, "")
+
     def add_param(self, param, grad=None):
         """Registers `param` (updated in place at every step) with its gradient
         (may be None: set it later with set_grad). Returns the index."""
         with self._lock:
             h = self._h()
-            pb = self._buffer(param, "param")
-            if pb.readonly:
-                raise ValueError("param is read-only; the optimizer writes to it in place")
-            gb = self._grad_buffer(grad, pb, "")
+            pb, gb = self._param_buffers(param, grad)
             index = ctypes.c_int64()
             check(self._lib.qrms_optimizer_add_param(h, pb.ptr, gb.ptr if gb else None, pb.dtype, pb.numel,
                                                      ctypes.byref(index)))
@@ -223,10 +227,7 @@ class Optimizer:
         self._require("qrms_optimizer_add_param_shard")
         with self._lock:
             h = self._h()
-            pb = self._buffer(param, "param")
-            if pb.readonly:
-                raise ValueError("param is read-only; the optimizer writes to it in place")
-            gb = self._grad_buffer(grad, pb, "")
+            pb, gb = self._param_buffers(param, grad)
             index = ctypes.c_int64()
             check(self._lib.qrms_optimizer_add_param_shard(h, pb.ptr if pb.numel else None,
                                                            gb.ptr if gb and pb.numel else None, pb.dtype, pb.numel,
