@@ -183,7 +183,8 @@ void Optimizer1State::set_comm(const qrms_comm *comm) {
                       std::to_string(mine) + " index " + std::to_string(m.device_index) +
                       " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
   m.slots.resize(m.backend.get(), m.params.size());  // may throw: nothing changed yet
-  std::memcpy(&m.comm, comm, sizeof(qrms_comm));
+  m.comm = qrms_comm{};  // a caller's older, smaller struct: read only its bytes
+  std::memcpy(&m.comm, comm, std::min(comm->struct_size, sizeof(qrms_comm)));
   m.comm.struct_size = sizeof(qrms_comm);
   m.has_comm = true;
 }

@@ -4,6 +4,7 @@
 // one rank fewer (a communicator split off MPI_COMM_WORLD). Prints one line
 // per case and rank; exits non-zero on every rank when any rank failed.
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,33 @@ std::vector<std::vector<uint8_t>> all_gather(const std::vector<uint8_t> &blob, M
   return out;
 }
 
+// The adapter writes only the caller's bytes: a larger buffer keeps its
+// guard bytes past this header's qrms_comm, a size below the first layout
+// is refused with *out untouched, and the exported function (the first
+// layout) matches the macro's fill.
+std::string check_adapter_sizes() {
+  struct {
+    qrms_comm comm;
+    unsigned char guard[64];
+  } big;
+  std::memset(&big, 0xab, sizeof big);
+  if (qrms_comm_mpi_sized(MPI_COMM_WORLD, &big.comm, sizeof big) != QRMS_SUCCESS) return "sized fill failed";
+  if (big.comm.struct_size != sizeof(qrms_comm)) return "struct_size " + std::to_string(big.comm.struct_size);
+  for (unsigned char b : big.guard)
+    if (b != 0xab) return "wrote past qrms_comm";
+  qrms_comm small;
+  std::memset(&small, 0xab, sizeof small);
+  if (qrms_comm_mpi_sized(MPI_COMM_WORLD, &small, sizeof small - 1) != QRMS_ERROR_INVALID_ARGUMENT)
+    return "a size below the first layout was accepted";
+  for (size_t i = 0; i < sizeof small; ++i)
+    if (reinterpret_cast<const unsigned char *>(&small)[i] != 0xab) return "a refused fill wrote";
+  qrms_comm first;
+  if ((qrms_comm_mpi)(MPI_COMM_WORLD, &first) != QRMS_SUCCESS || first.struct_size != sizeof(qrms_comm) ||
+      first.rank != big.comm.rank || first.all_reduce != big.comm.all_reduce)
+    return "the exported qrms_comm_mpi differs from the sized fill";
+  return "";
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -50,6 +78,9 @@ int main(int argc, char **argv) {
     std::printf("rank %d: qrms_comm_mpi failed\n", rank);
     failures = 1;
   }
+  const std::string sizes = check_adapter_sizes();
+  std::printf("rank %d of %d: adapter sizes: %s\n", rank, world, sizes.empty() ? "ok" : sizes.c_str());
+  if (!sizes.empty()) failures = 1;
   const shard::Gather gather = [](const std::vector<uint8_t> &b) { return all_gather(b, MPI_COMM_WORLD); };
   for (const shard::Case &c : shard::cases()) {
     if (failures) break;
