@@ -212,7 +212,7 @@ void Optimizer1State::set_param_config(int64_t index, const Config &cfg) {
     e.state = std::move(fresh);
     e.layout = layout;
   }
-  e.cfg = cfg;
+  e.cfg = impl_->param_cfg(cfg);
   e.own_config = true;
 }
 

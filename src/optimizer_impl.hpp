@@ -116,6 +116,15 @@ struct Optimizer1State::Impl {
   ReduceSlots slots;  // allocated while a comm is set
 
   ParamEntry &at(int64_t index);
+  // A parameter's config as it takes effect: its own fields, and this
+  // optimizer's values of the optimizer-wide ones (which a per-parameter
+  // config or a loaded blob does not set), so get_param_config reports them.
+  Config param_cfg(Config c) const {
+    c.skip_nonfinite = cfg.skip_nonfinite;
+    c.stochastic_rounding = cfg.stochastic_rounding;
+    c.seed = cfg.seed;
+    return c;
+  }
   int32_t rank() const { return has_comm ? comm.rank : 0; }
   int32_t world() const { return has_comm ? comm.world_size : 1; }
   const ParamEntry &at(int64_t index) const;

@@ -315,7 +315,7 @@ void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
       if (part.second) impl.backend->from_host(bufs[static_cast<size_t>(k)]->get(), part.first, part.second);
     }
     impl.backend->from_host(e.state.step.get(), &rec.step, sizeof(rec.step));
-    e.cfg = rec.cfg;
+    e.cfg = impl.param_cfg(rec.cfg);
     e.own_config = rec.own_config;
     e.stepped = e.stepped || rec.step > 0;
   }

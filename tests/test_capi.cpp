@@ -632,6 +632,43 @@ TEST_CASE("C ABI save / load: sizes, capacity, bad blobs", "[capi][state]") {
   CHECK_SAME(b.save(), a.save());
 }
 
+// Optimizer-wide fields are ignored in a per-parameter config and not in the
+// blob; get_param_config reports the optimizer's values in effect, after
+// set_param_config and after load alike.
+TEST_CASE("C ABI: get_param_config reports the optimizer-wide fields in effect", "[capi]") {
+  qrms_config c = qtest::config();
+  c.skip_nonfinite = 1;
+  c.stochastic_rounding = 1;
+  c.seed = 42;
+  COpt opt(QRMS_RMSPROP_32BIT, c);
+  qref::Tensor a(Dt::BF16, 300), b(Dt::F32, 200);
+  opt.add(a, nullptr);
+  opt.add(b, nullptr);
+  qrms_config own = qtest::config();
+  own.lr = 3e-3f;  // skip_nonfinite, stochastic_rounding, seed left 0
+  QRMS_REQUIRE_OK(qrms_optimizer_set_param_config(opt.get(), 1, &own));
+  auto check_wide = [](qrms_optimizer_t o, int64_t i) {
+    qrms_config got = qtest::config(99.0f);
+    QRMS_REQUIRE_OK(qrms_optimizer_get_param_config(o, i, &got));
+    CHECK(got.skip_nonfinite == 1);
+    CHECK(got.stochastic_rounding == 1);
+    CHECK(got.seed == 42u);
+    return got.lr;
+  };
+  CHECK(check_wide(opt.get(), 0) == 1e-2f);
+  CHECK(check_wide(opt.get(), 1) == 3e-3f);
+  size_t size = 0;
+  QRMS_REQUIRE_OK(qrms_optimizer_save(opt.get(), nullptr, 0, &size));
+  std::vector<unsigned char> blob(size);
+  QRMS_REQUIRE_OK(qrms_optimizer_save(opt.get(), blob.data(), blob.size(), &size));
+  COpt back(QRMS_RMSPROP_32BIT, c);
+  back.add(a, nullptr);
+  back.add(b, nullptr);
+  QRMS_REQUIRE_OK(qrms_optimizer_load(back.get(), blob.data(), blob.size()));
+  CHECK(check_wide(back.get(), 0) == 1e-2f);
+  CHECK(check_wide(back.get(), 1) == 3e-3f);
+}
+
 TEST_CASE("C ABI: config_init_sized, get_param_config and param_info", "[capi]") {
   const size_t v1 = offsetof(qrms_config, skip_zeros) + sizeof(int32_t);
   struct Padded {

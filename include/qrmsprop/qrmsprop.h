@@ -167,8 +167,10 @@ QRMS_API qrms_status_t qrms_optimizer_set_param_config(qrms_optimizer_t opt, int
                                                        const qrms_config *cfg);
 /* Copies the configuration parameter `index` uses (its own, or the
  * optimizer's) into *cfg, writing at most cfg->struct_size bytes; set
- * cfg->struct_size = sizeof(qrms_config) first. To override a few fields of
- * one parameter: get, change those fields, set. */
+ * cfg->struct_size = sizeof(qrms_config) first. Optimizer-wide fields
+ * (skip_nonfinite, stochastic_rounding, seed) are the optimizer's, also after
+ * set_param_config and load. To override a few fields of one parameter:
+ * get, change those fields, set. */
 QRMS_API qrms_status_t qrms_optimizer_get_param_config(qrms_optimizer_t opt, int64_t index, qrms_config *cfg);
 /* Sets the learning rate of every parameter, own configs included. */
 QRMS_API qrms_status_t qrms_optimizer_set_lr(qrms_optimizer_t opt, float lr);
