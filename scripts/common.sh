@@ -17,6 +17,10 @@ as_root() {
   fi
 }
 
+# A short tag of this checkout's path: default work directories outside the
+# checkout carry it, so that two checkouts (worktrees) never share one.
+checkout_tag() { printf '%s' "$QRMS_ROOT" | cksum | cut -d' ' -f1; }
+
 # apt_ensure PKG...: installs the Debian packages that are not installed yet.
 # Runs `apt-get update` once, and only when something is missing.
 QRMS_APT_UPDATED=0

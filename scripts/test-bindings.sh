@@ -9,7 +9,8 @@
 # directory first (QRMS_CUDA=AUTO unless set).
 #
 # Work directory (build, install prefix, Python venv, cargo target):
-# $QRMS_BINDINGS_WORKDIR, default ${TMPDIR:-/tmp}/qrmsprop-bindings-$UID. It is
+# $QRMS_BINDINGS_WORKDIR, default ${TMPDIR:-/tmp}/qrmsprop-bindings-$UID-TAG (TAG:
+# checkout_tag, one per checkout). It is
 # kept between runs so the venv and builds are reused. If the base python3
 # can import torch, the venv sees the system site-packages so that the torch
 # tests run (QRMS_VENV_SYSTEM_SITE=0/1 forces it off/on).
@@ -22,7 +23,7 @@ set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-work=${QRMS_BINDINGS_WORKDIR:-${TMPDIR:-/tmp}/qrmsprop-bindings-$(id -u)}
+work=${QRMS_BINDINGS_WORKDIR:-${TMPDIR:-/tmp}/qrmsprop-bindings-$(id -u)-$(checkout_tag)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 

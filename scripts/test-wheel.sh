@@ -15,13 +15,14 @@
 #
 # QRMS_CUDA (AUTO, ON, OFF) picks the backends of the wheel; CI sets nothing
 # and test.sh's stage passes OFF (see there). Work directory:
-# $QRMS_WHEEL_WORKDIR, default ${TMPDIR:-/tmp}/qrmsprop-wheel-$UID; its venvs
+# $QRMS_WHEEL_WORKDIR, default ${TMPDIR:-/tmp}/qrmsprop-wheel-$UID-TAG (TAG:
+# checkout_tag, one per checkout); its venvs
 # are made anew on every run.
 set -euo pipefail
 # shellcheck source=scripts/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-work=${QRMS_WHEEL_WORKDIR:-${TMPDIR:-/tmp}/qrmsprop-wheel-$(id -u)}
+work=${QRMS_WHEEL_WORKDIR:-${TMPDIR:-/tmp}/qrmsprop-wheel-$(id -u)-$(checkout_tag)}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
 case "$work/" in "$QRMS_ROOT"/*) echo "error: the work directory must be outside the repository" >&2; exit 2 ;; esac
