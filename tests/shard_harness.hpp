@@ -5,10 +5,14 @@
 // ("" when it holds), because Catch2 2.x must not be called from threads.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -160,10 +164,28 @@ struct Buf {
   }
 };
 
+// Where a rank's optimizer and its parameter and gradient buffers live: on
+// the CPU, the host buffers themselves; on a device, copies that `upload`
+// makes (returning the device pointer, which the placement owns and frees) and
+// that `to_device` / `to_host` refresh around each step.
+struct Placement {
+  qrms_device_t device = QRMS_DEVICE_CPU;
+  std::function<void *(const void *host, size_t bytes)> upload;
+  std::function<bool(void *dev, const void *host, size_t bytes)> to_device;
+  std::function<bool(void *host, const void *dev, size_t bytes)> to_host;
+};
+
+inline const Placement &cpu() {
+  static const Placement p;
+  return p;
+}
+
 // An optimizer with this rank's slices (or, with world 0, whole tensors).
 struct Model {
   qrms_optimizer_t opt = nullptr;
+  const Placement *where = &cpu();
   std::vector<Buf> p, g;
+  std::vector<void *> dp, dg;  // what the optimizer holds (= p[k].data(), g[k].data() on the CPU)
   std::vector<int64_t> offset, len;
   Model() = default;
   Model(const Model &) = delete;
@@ -171,13 +193,16 @@ struct Model {
   ~Model() { qrms_optimizer_destroy(opt); }
 };
 
+inline size_t bytes_of(const Buf &b) { return b.dtype == QRMS_FLOAT32 ? b.f.size() * 4 : b.h.size() * 2; }
+
 inline std::string fail(const std::string &what) { return what + ": " + qrms_last_error(); }
 
 // `world` 0: whole tensors. Params start from init_value, or from `from`
 // (a whole model) when given.
 inline std::string make(Model &m, const Case &c, int rank, int world, const qrms_comm *comm,
-                        const Model *from = nullptr) {
-  if (qrms_optimizer_create(&m.opt, c.variant, &c.cfg, QRMS_DEVICE_CPU, 0) != QRMS_SUCCESS) return fail("create");
+                        const Model *from = nullptr, const Placement &where = cpu()) {
+  m.where = &where;
+  if (qrms_optimizer_create(&m.opt, c.variant, &c.cfg, where.device, 0) != QRMS_SUCCESS) return fail("create");
   if (comm && qrms_optimizer_set_comm(m.opt, comm) != QRMS_SUCCESS) return fail("set_comm");
   for (size_t k = 0; k < c.tensors.size(); ++k) {
     const Tensor &t = c.tensors[k];
@@ -188,22 +213,35 @@ inline std::string make(Model &m, const Case &c, int rank, int world, const qrms
     m.offset.push_back(off);
     m.len.push_back(len);
     for (int64_t i = 0; i < len; ++i) m.p[k].set(i, from ? from->p[k].get(off + i) : init_value(k, off + i));
+    m.dp.push_back(where.upload ? where.upload(m.p[k].data(), bytes_of(m.p[k])) : m.p[k].data());
+    m.dg.push_back(where.upload ? where.upload(m.g[k].data(), bytes_of(m.g[k])) : m.g[k].data());
+    if (len > 0 && (!m.dp[k] || !m.dg[k])) return "could not copy tensor " + std::to_string(k) + " to the device";
     const qrms_status_t st =
-        world > 0 ? qrms_optimizer_add_param_shard(m.opt, m.p[k].data(), m.g[k].data(), t.dtype, len, t.n, off, nullptr)
-                  : qrms_optimizer_add_param(m.opt, m.p[k].data(), m.g[k].data(), t.dtype, len, nullptr);
+        world > 0 ? qrms_optimizer_add_param_shard(m.opt, m.dp[k], m.dg[k], t.dtype, len, t.n, off, nullptr)
+                  : qrms_optimizer_add_param(m.opt, m.dp[k], m.dg[k], t.dtype, len, nullptr);
     if (st != QRMS_SUCCESS) return fail("add param " + std::to_string(k));
   }
   return "";
 }
 
-inline std::string step(Model &m, const Case &c, int t) {
+// The gradients of step t into m.g (host memory).
+inline void fill_grads(Model &m, const Case &c, int t) {
   for (size_t k = 0; k < m.p.size(); ++k)
     for (int64_t i = 0; i < m.len[k]; ++i) {
       const int64_t gi = m.offset[k] + i;
       const bool inf = t == c.inject_inf && k == 0 && gi == c.tensors[0].n - 3;  // on the last rank's part
       m.g[k].set(i, inf ? INFINITY : grad_value(k, gi, t));
     }
+}
+
+inline std::string step(Model &m, const Case &c, int t) {
+  fill_grads(m, c, t);
+  const Placement &w = *m.where;
+  for (size_t k = 0; k < m.g.size() && w.to_device; ++k)
+    if (m.len[k] > 0 && !w.to_device(m.dg[k], m.g[k].data(), bytes_of(m.g[k]))) return "gradient copy failed";
   if (qrms_optimizer_step(m.opt, nullptr) != QRMS_SUCCESS) return fail("step " + std::to_string(t));
+  for (size_t k = 0; k < m.p.size() && w.to_host; ++k)
+    if (m.len[k] > 0 && !w.to_host(m.p[k].data(), m.dp[k], bytes_of(m.p[k]))) return "parameter copy failed";
   return "";
 }
 
@@ -235,16 +273,94 @@ inline std::vector<uint8_t> save(const Model &m) {
 // Every rank's blob, on every rank.
 using Gather = std::function<std::vector<std::vector<uint8_t>>(const std::vector<uint8_t> &)>;
 
+// Ranks as threads of one process: a barrier for `world` threads that gives
+// up after a timeout, an all-reduce over host floats that also detects ranks
+// calling different collectives, and a gather of the ranks' blobs.
+class Group {
+ public:
+  explicit Group(int world) : world_(world), bufs_(static_cast<size_t>(world)), blobs_(static_cast<size_t>(world)) {}
+
+  // Returns false when the others did not arrive in time (or a rank failed).
+  bool barrier() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (broken_) return false;
+    const uint64_t gen = generation_;
+    if (++arrived_ == world_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return true;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return generation_ != gen || broken_; })) broken_ = true;
+    if (broken_) cv_.notify_all();
+    return !broken_;
+  }
+
+  qrms_status_t all_reduce(int rank, float *data, int64_t count, qrms_reduce_op_t op) {
+    bufs_[static_cast<size_t>(rank)] = {data, count, op};
+    if (!barrier()) return QRMS_ERROR_DEVICE;
+    qrms_status_t st = QRMS_SUCCESS;
+    if (rank == 0) {
+      result_.assign(static_cast<size_t>(count), 0.0f);
+      for (int r = 0; r < world_; ++r) {
+        const Call &c = bufs_[static_cast<size_t>(r)];
+        if (c.count != count || c.op != op) mismatch_ = true;
+      }
+      if (!mismatch_)
+        for (int r = 0; r < world_; ++r)
+          for (int64_t i = 0; i < count; ++i) {
+            float &acc = result_[static_cast<size_t>(i)];
+            const float v = bufs_[static_cast<size_t>(r)].data[i];
+            acc = r == 0 ? v : (op == QRMS_REDUCE_SUM ? acc + v : std::max(acc, v));
+          }
+    }
+    if (!barrier()) return QRMS_ERROR_DEVICE;
+    if (mismatch_) st = QRMS_ERROR_INTERNAL;
+    else std::memcpy(data, result_.data(), static_cast<size_t>(count) * sizeof(float));
+    if (!barrier()) return QRMS_ERROR_DEVICE;
+    return st;
+  }
+
+  std::vector<std::vector<uint8_t>> gather(int rank, const std::vector<uint8_t> &blob) {
+    blobs_[static_cast<size_t>(rank)] = blob;
+    barrier();
+    std::vector<std::vector<uint8_t>> all = blobs_;
+    barrier();
+    return all;
+  }
+
+  bool mismatched() const { return mismatch_; }
+
+ private:
+  struct Call {
+    const float *data = nullptr;
+    int64_t count = -1;
+    qrms_reduce_op_t op = -1;
+  };
+  int world_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+  bool broken_ = false, mismatch_ = false;
+  std::vector<Call> bufs_;
+  std::vector<float> result_;
+  std::vector<std::vector<uint8_t>> blobs_;
+};
+
+
 constexpr int kSteps = 4, kResumeSteps = 3;
 
 // One case on this rank of `comm`: kSteps sharded steps against whole
 // tensors, then save, gather, merge, and (where `resume` is given: this
 // rank's place in a smaller world) kResumeSteps more from the merged blob.
-inline std::string run_case(const Case &c, const qrms_comm &comm, const Gather &gather, const qrms_comm *resume) {
+// This rank's optimizers live `where`; the one-process reference on the CPU.
+inline std::string run_case(const Case &c, const qrms_comm &comm, const Gather &gather, const qrms_comm *resume,
+                            const Placement &where = cpu()) {
   const std::string at = c.name + " (rank " + std::to_string(comm.rank) + " of " + std::to_string(comm.world_size) + ")";
   Model whole, sharded;
   std::string err = make(whole, c, 0, 0, nullptr);
-  if (err.empty()) err = make(sharded, c, comm.rank, comm.world_size, &comm);
+  if (err.empty()) err = make(sharded, c, comm.rank, comm.world_size, &comm, nullptr, where);
   for (int t = 0; t < kSteps && err.empty(); ++t) {
     err = step(whole, c, t);
     if (err.empty()) err = step(sharded, c, t);
@@ -271,7 +387,7 @@ inline std::string run_case(const Case &c, const qrms_comm &comm, const Gather &
   if (!resume) return "";
 
   Model resumed;
-  err = make(resumed, c, resume->rank, resume->world_size, resume, &whole);
+  err = make(resumed, c, resume->rank, resume->world_size, resume, &whole, where);
   if (err.empty() && qrms_optimizer_load(resumed.opt, merged.data(), merged.size()) != QRMS_SUCCESS)
     err = fail("load the merged blob");
   for (int t = kSteps; t < kSteps + kResumeSteps && err.empty(); ++t) {

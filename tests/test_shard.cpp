@@ -17,81 +17,8 @@
 
 namespace {
 
-// A barrier for `world` threads that gives up after a timeout.
-class Group {
- public:
-  explicit Group(int world) : world_(world), bufs_(static_cast<size_t>(world)), blobs_(static_cast<size_t>(world)) {}
-
-  // Returns false when the others did not arrive in time (or a rank failed).
-  bool barrier() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (broken_) return false;
-    const uint64_t gen = generation_;
-    if (++arrived_ == world_) {
-      arrived_ = 0;
-      ++generation_;
-      cv_.notify_all();
-      return true;
-    }
-    if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return generation_ != gen || broken_; })) broken_ = true;
-    if (broken_) cv_.notify_all();
-    return !broken_;
-  }
-
-  qrms_status_t all_reduce(int rank, float *data, int64_t count, qrms_reduce_op_t op) {
-    bufs_[static_cast<size_t>(rank)] = {data, count, op};
-    if (!barrier()) return QRMS_ERROR_DEVICE;
-    qrms_status_t st = QRMS_SUCCESS;
-    if (rank == 0) {
-      result_.assign(static_cast<size_t>(count), 0.0f);
-      for (int r = 0; r < world_; ++r) {
-        const Call &c = bufs_[static_cast<size_t>(r)];
-        if (c.count != count || c.op != op) mismatch_ = true;
-      }
-      if (!mismatch_)
-        for (int r = 0; r < world_; ++r)
-          for (int64_t i = 0; i < count; ++i) {
-            float &acc = result_[static_cast<size_t>(i)];
-            const float v = bufs_[static_cast<size_t>(r)].data[i];
-            acc = r == 0 ? v : (op == QRMS_REDUCE_SUM ? acc + v : std::max(acc, v));
-          }
-    }
-    if (!barrier()) return QRMS_ERROR_DEVICE;
-    if (mismatch_) st = QRMS_ERROR_INTERNAL;
-    else std::memcpy(data, result_.data(), static_cast<size_t>(count) * sizeof(float));
-    if (!barrier()) return QRMS_ERROR_DEVICE;
-    return st;
-  }
-
-  std::vector<std::vector<uint8_t>> gather(int rank, const std::vector<uint8_t> &blob) {
-    blobs_[static_cast<size_t>(rank)] = blob;
-    barrier();
-    std::vector<std::vector<uint8_t>> all = blobs_;
-    barrier();
-    return all;
-  }
-
-  bool mismatched() const { return mismatch_; }
-
- private:
-  struct Call {
-    const float *data = nullptr;
-    int64_t count = -1;
-    qrms_reduce_op_t op = -1;
-  };
-  int world_;
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int arrived_ = 0;
-  uint64_t generation_ = 0;
-  bool broken_ = false, mismatch_ = false;
-  std::vector<Call> bufs_;
-  std::vector<float> result_;
-  std::vector<std::vector<uint8_t>> blobs_;
-};
-
 struct RankRef {
-  Group *group;
+  shard::Group *group;
   int rank;
 };
 
@@ -116,7 +43,7 @@ std::vector<std::string> run_world(int world) {
   const int resume_world = world > 1 ? world - 1 : 1;
   std::vector<std::string> errors;
   for (const shard::Case &c : shard::cases()) {
-    Group group(world), resume_group(resume_world);
+    shard::Group group(world), resume_group(resume_world);
     std::vector<RankRef> refs, resume_refs;
     for (int r = 0; r < world; ++r) refs.push_back({&group, r});
     for (int r = 0; r < resume_world; ++r) resume_refs.push_back({&resume_group, r});
@@ -210,7 +137,7 @@ TEST_CASE("set_comm validates the communicator and changes nothing when it fails
   QRMS_CHECK_FAILS(qrms_optimizer_step(opt, nullptr), QRMS_ERROR_INVALID_ARGUMENT, "qrms_optimizer_set_comm");
   CHECK(p[0] == 1.0f);
 
-  Group group(1);
+  shard::Group group(1);
   RankRef ref{&group, 0};
   const qrms_comm good = thread_comm(ref, 1);
   qrms_comm c = good;
@@ -379,7 +306,7 @@ TEST_CASE("NaN maxima survive the cross-rank max", "[shard]") {
   shard::Case c{"NaN max", QRMS_RMSPROP_8BIT, shard::base_config(), {{QRMS_FLOAT32, 2000}}, true};
   c.cfg.block_wise = 0;
   c.cfg.min_8bit_size = 100;
-  Group group(2);
+  shard::Group group(2);
   std::vector<float> state_max(2, 0.0f);
   std::vector<std::string> errors(2);
   std::vector<std::thread> threads;
