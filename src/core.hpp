@@ -135,11 +135,17 @@ int cuda_device_count() noexcept;
 int cuda_pointer_device(const void *p) noexcept;
 
 // Vector loops of the CPU backend: baseline x86-64 (SSE2) or AVX2, chosen
-// at load time (AVX2 when the CPU has it, unless QRMS_CPU_SIMD=baseline).
+// at load time (AVX2, with F16C, when the CPU has both, unless
+// QRMS_CPU_SIMD=baseline).
 // Results are the same bits either way; tests switch with set_cpu_simd,
 // which returns what is now used (AVX2 only where the CPU has it).
 enum class CpuSimd : int32_t { Baseline = 0, Avx2 = 1 };
 CpuSimd set_cpu_simd(CpuSimd want);
+// float16 <-> float as the CPU loops in use convert parameters (F16C on the
+// AVX2 path), for the tests: same bits as math::to_half / math::to_float
+// (except that a signalling NaN may come out quiet).
+void cpu_halves_to_floats(const math::half_t *in, float *out, int64_t n);
+void cpu_floats_to_halves(const float *in, math::half_t *out, int64_t n);
 
 // The CPU backend's thread count (>= 1); n <= 0 restores the default.
 void set_cpu_threads(int n);

@@ -23,8 +23,14 @@ struct Buffers {
 };
 
 // Three steps of one tensor with the given loops; everything the steps write.
+// float16 bit patterns written over every 7th parameter and 11th gradient
+// with `specials`: NaNs with payloads (quiet and signalling, both signs),
+// infinities, zeros, subnormals, the largest finite half.
+const uint16_t kHalfSpecials[] = {0x7e00, 0xfe01, 0x7d55, 0x7c01, 0xfd00, 0x7c00, 0xfc00, 0x0000, 0x8000,
+                                  0x0001, 0x83ff, 0x0200, 0x7bff, 0xfbff, 0x0400, 0x3c00};
+
 Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, int64_t n,
-            const core::StepControl &ctl = {}) {
+            const core::StepControl &ctl = {}, bool specials = false) {
   REQUIRE(core::set_cpu_simd(simd) == simd);
   const qref::Dt dt = static_cast<qref::Dt>(dtype);
   const bool is8 = kind != StateKind::Float32, mom = hp.momentum > 0.0f;
@@ -34,6 +40,13 @@ Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, in
   qref::Tensor grad(dt, n);
   qtest::fill_normal(out.param, rng, 0.5f);
   qtest::fill_grad(grad, rng, 0.05f);  // with exact zeros, for skip_zeros
+  if (specials) {
+    REQUIRE(dtype == Dtype::Float16);
+    uint16_t *p = static_cast<uint16_t *>(out.param.data()), *g = static_cast<uint16_t *>(grad.data());
+    const size_t m = sizeof kHalfSpecials / sizeof kHalfSpecials[0];
+    for (int64_t i = 0; i < n; i += 7) p[i] = kHalfSpecials[size_t(i / 7) % m];
+    for (int64_t i = 0; i < n; i += 11) g[i] = kHalfSpecials[size_t(i / 11) % m];
+  }
   const size_t state_bytes = is8 ? size_t(n) : size_t(n) * 4;
   const size_t scales = kind == StateKind::Blockwise8 ? size_t(core::num_blocks(n)) : 2;
   out.s.assign(state_bytes, 0);
@@ -94,5 +107,66 @@ TEST_CASE("baseline and AVX2 loops give the same bits", "[simd]") {
   CHECK(qtest::first_difference(base.s_scale, wide.s_scale) == -1);
   CHECK(qtest::first_difference(base.b_scale, wide.b_scale) == -1);
   CHECK(base.step == 3);
+  core::set_cpu_simd(CpuSimd::Avx2);
+}
+
+// The AVX2 loops convert float16 parameters with F16C: every half to float
+// and every float (all 2^32 bit patterns) to half give the bits of the
+// portable to_float / to_half, NaNs included (a signalling NaN may come out
+// of to_float quiet: every use of it is arithmetic, which quiets it anyway).
+TEST_CASE("F16C conversions give the portable bits for every half and every float", "[simd]") {
+  if (core::set_cpu_simd(CpuSimd::Avx2) != CpuSimd::Avx2) {
+    WARN("this CPU has no AVX2 and F16C: only the portable conversions exist here, nothing to compare");
+    core::set_cpu_simd(CpuSimd::Baseline);
+    return;
+  }
+  std::vector<math::half_t> h(65536), back(65536);
+  std::vector<float> f(65536);
+  for (uint32_t i = 0; i < 65536; ++i) h[i].bits = uint16_t(i);
+  core::cpu_halves_to_floats(h.data(), f.data(), 65536);
+  int64_t bad = 0, first = -1;
+  for (uint32_t i = 0; i < 65536; ++i) {
+    const uint32_t want = math::float_bits(math::to_float(h[i])), got = math::float_bits(f[i]);
+    if (got != want && got != (want | 0x00400000u)) {
+      if (first < 0) first = i;
+      ++bad;
+    }
+  }
+  CAPTURE(first);
+  CHECK(bad == 0);
+  // Every float, in slices of 2^16.
+  bad = 0;
+  first = -1;
+  for (uint64_t hi = 0; hi < 65536; ++hi) {
+    for (uint32_t lo = 0; lo < 65536; ++lo) f[lo] = math::bits_float(uint32_t(hi << 16) | lo);
+    core::cpu_floats_to_halves(f.data(), back.data(), 65536);
+    for (uint32_t lo = 0; lo < 65536; ++lo)
+      if (back[lo].bits != math::to_half(f[lo]).bits) {
+        if (first < 0) first = int64_t(hi << 16 | lo);
+        ++bad;
+      }
+  }
+  CAPTURE(first);
+  CHECK(bad == 0);
+}
+
+// Parameters and gradients holding NaNs, infinities and subnormals take the
+// same bits through the F16C loop as through the portable one.
+TEST_CASE("float16 special values: baseline and AVX2 loops give the same bits", "[simd]") {
+  if (core::set_cpu_simd(CpuSimd::Avx2) != CpuSimd::Avx2) {
+    WARN("this CPU has no AVX2: only the baseline loops exist here, nothing to compare");
+    core::set_cpu_simd(CpuSimd::Baseline);
+    return;
+  }
+  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8);
+  const bool momentum = GENERATE(false, true);
+  math::Hyper hp{1e-3f, 0.99f, 1e-8f, 0.0f, 0.0f, 0.0f, 0, 0};
+  if (momentum) hp.momentum = 0.9f;
+  CAPTURE(int(kind), momentum);
+  const Buffers base = run(CpuSimd::Baseline, kind, Dtype::Float16, hp, 70001, {}, true);
+  const Buffers wide = run(CpuSimd::Avx2, kind, Dtype::Float16, hp, 70001, {}, true);
+  CHECK(base.param.same_bits(wide.param));
+  CHECK(qtest::first_difference(base.s, wide.s) == -1);
+  CHECK(qtest::first_difference(base.b, wide.b) == -1);
   core::set_cpu_simd(CpuSimd::Avx2);
 }
