@@ -27,20 +27,23 @@ the bitsandbytes rows are skipped with a JSON note saying so.
 
 CPU (--device cpu): qrmsprop's CPU backend on torch CPU tensors, against
 torch.optim.RMSprop with foreach=False and foreach=True and bitsandbytes'
-CPU optimizers (bitsandbytes >= 0.49 runs RMSprop32bit / RMSprop8bit on CPU
+CPU optimizers (bitsandbytes 0.50 runs RMSprop32bit / RMSprop8bit on CPU
 tensors). --threads (default 2) sets torch.set_num_threads,
 qrms_set_num_threads and OMP_NUM_THREADS. Any libqrmsprop.so works (a
-CPU-only build is enough). Every line carries os.getloadavg() and the share
-of the process's CPU time (cpu_share: process CPU seconds over wall seconds
-x threads; near 1.0 on a quiet machine): on a shared machine read the
-ratios, not the milliseconds. Before timing, it checks agreement from the
-same start over --check-steps steps (fresh gradients every step):
-qrmsprop 32-bit against torch.optim.RMSprop (foreach=False), maximum
-relative difference of parameters and square averages; and qrmsprop 8-bit
-against bitsandbytes 8-bit, how many elements' square-average codes differ
-and, after the first step, for how many of them bitsandbytes' code is not
-the nearest one to s / absmax. Steps: torch and bitsandbytes from PyPI in a
-virtual environment, a CPU-only build of the library:
+CPU-only build is enough). Every line carries os.getloadavg(), the
+process's CPU ms per step (cpu_ms_per_step, all threads) and its share of
+the --threads CPUs while timed (cpu_share; near 1.0 on a quiet machine): on
+a shared machine, read the ratios, not the milliseconds, and compare
+cpu_share between lines. Before timing (--no-check skips it), it checks
+agreement from one start over --check-steps steps with fresh f32 gradients
+every step, on 2^20 elements: qrmsprop 32-bit against torch.optim.RMSprop
+(foreach=False), relative differences of parameters and square averages;
+qrmsprop 8-bit against bitsandbytes 8-bit, how many square-average codes
+differ, and after the first step how many of each library's codes are not
+the nearest code of its own float32 square average; and the two quantizers
+alone on the same values. Steps: torch and bitsandbytes from PyPI in a
+virtual environment (PyPI's torch is the CUDA build; it runs on the CPU),
+a CPU-only build of the library:
 
     python3 -m venv /tmp/venv && /tmp/venv/bin/pip install torch bitsandbytes numpy
     cmake -S . -B build-cpu -DQRMS_CUDA=OFF -DCMAKE_BUILD_TYPE=Release \
@@ -283,9 +286,10 @@ def torch_state_bytes(opt, device):
     return total
 
 
-def time_steps(step, warmup, iters, reps, device):
+def time_steps(step, warmup, iters, reps, device, threads=1):
     """Median and minimum ms per step over `reps` samples of `iters` steps, after `warmup`
-    steps, and (CPU) the process's CPU seconds per wall second over all samples."""
+    steps, and (CPU) a dict: the process's CPU ms per timed step (all threads) and its share
+    of `threads` CPUs over the timed steps (near 1.0 when nothing else competes)."""
     import torch
 
     for _ in range(warmup):
@@ -298,8 +302,9 @@ def time_steps(step, warmup, iters, reps, device):
             for _ in range(iters):
                 step()
             samples.append((time.perf_counter() - t0) * 1e3 / iters)
-        cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
-        return statistics.median(samples), min(samples), cpu_per_wall
+        cpu_s, wall_s = time.process_time() - cpu0, time.perf_counter() - wall0
+        return statistics.median(samples), min(samples), dict(cpu_ms_per_step=cpu_s * 1e3 / (reps * iters),
+                                                              cpu_share=cpu_s / (wall_s * threads))
     torch.cuda.synchronize()
     samples = []
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -581,13 +586,13 @@ def main():
                 failed = failed or name.startswith("qrmsprop")
                 continue
             try:
-                ms, ms_min, cpu_per_wall = time_steps(step, args.warmup, args.iters, args.reps, args.device)
+                ms, ms_min, cpu_use = time_steps(step, args.warmup, args.iters, args.reps, args.device,
+                                                 args.threads)
                 sb = state_bytes()
                 results[name] = ms
                 extra = {}
                 if cpu:
-                    extra = dict(threads=args.threads, cpu_share=cpu_per_wall / args.threads,
-                                 loadavg=os.getloadavg())
+                    extra = dict(threads=args.threads, loadavg=os.getloadavg(), **cpu_use)
                 emit(bench="compare", workload=wname, impl=name, dtype=args.dtype, tensors=len(params),
                      numel=numel, ms_per_step=ms, ms_per_step_min=ms_min, state_bytes=sb,
                      state_bytes_per_param=sb / numel, **extra)
