@@ -407,6 +407,7 @@ def check_cpu_agreement(qrms, bnb, torch, steps, n=1 << 20):
     average it quantized (qrmsprop's: its 32-bit state; bitsandbytes' CPU step has torch's
     arithmetic: torch's state), in its own map. Last, the two quantizers alone on the same
     values and map: bitsandbytes.functional.quantize_blockwise and qrms_quantize_blockwise."""
+    steps = max(1, steps)
     gen = torch.Generator().manual_seed(7)
     start = torch.randn(n, generator=gen) * 0.5
     grads = [torch.randn(n, generator=gen) * 0.01 for _ in range(steps)]
