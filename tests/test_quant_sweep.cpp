@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "core.hpp"
 #include "element.hpp"
 #include "qrmsprop/qrmsprop.hpp"
 #include "quant_table.hpp"
@@ -118,4 +119,27 @@ TEST_CASE("dynamic coder: every float in [-1, 1] and beyond", "[sweep]") {
   // Every float with |x| <= 1 (both signs, both zeros), then a sample of the rest.
   CHECK(sweep(d, q, 0, 0x3f800000u, 1, sweep_threads()) == 0);
   CHECK(sweep(d, q, 0x3f800001u, 0xffffffffu, 7, sweep_threads()) == 0);
+}
+
+// The F16C conversion of the CPU's AVX2 loops (float16 parameters) against
+// the portable to_half, for every float (test_simd.cpp checks a sample).
+TEST_CASE("F16C float -> half: the portable bits for every float", "[sweep]") {
+  if (qrms::core::set_cpu_simd(qrms::core::CpuSimd::Avx2) != qrms::core::CpuSimd::Avx2) {
+    WARN("this CPU has no AVX2 and F16C: only the portable conversion exists here, nothing to compare");
+    return;
+  }
+  std::vector<float> f(65536);
+  std::vector<qrms::math::half_t> h(65536);
+  int64_t bad = 0, first = -1;
+  for (uint64_t hi = 0; hi < 65536; ++hi) {
+    for (uint32_t lo = 0; lo < 65536; ++lo) f[lo] = qrms::math::bits_float(uint32_t(hi << 16) | lo);
+    qrms::core::cpu_floats_to_halves(f.data(), h.data(), 65536);
+    for (uint32_t lo = 0; lo < 65536; ++lo)
+      if (h[lo].bits != qrms::math::to_half(f[lo]).bits) {
+        if (first < 0) first = int64_t(hi << 16 | lo);
+        ++bad;
+      }
+  }
+  CAPTURE(first);
+  CHECK(bad == 0);
 }
