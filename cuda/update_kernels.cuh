@@ -31,14 +31,12 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 // quantized against new_max1 found by reduce_kernel).
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ Quantizer quant, mquant;  // the square average's map, the momentum buffer's when it differs
+  __shared__ Quantizer quant, bquant;  // the square average's map, the momentum buffer's
   if (args.skip && *args.skip) return;
-  const bool two_maps = args.momentum_qmap != args.qmap;
   if constexpr (K != StateKind::Float32) {
     load_quantizer(args.qmap, quant);
-    if (two_maps) load_quantizer(args.momentum_qmap, mquant);
+    load_quantizer(args.momentum_qmap, bquant);
   }
-  const Quantizer &bquant = two_maps ? mquant : quant;
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   const int lane = int(threadIdx.x) % 32;
