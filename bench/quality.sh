@@ -8,10 +8,13 @@
 #
 #   bash bench/quality.sh [--seeds N] [--steps N] [--device cpu|cuda]
 #                         [--weights f32,bf16,bf16-sr] [--bin path/to/train_mlp]
-#                         [--jsonl out.jsonl]
+#                         [--state-maps signed,unsigned] [--jsonl out.jsonl]
 #
 # --weights: a comma-separated list of train_mlp --weights values (default
 # f32); each runs every variant, named "<variant> (<weights>)" unless f32.
+# --state-maps: a comma-separated list of train_mlp --state-map values
+# (default signed); the 8-bit variants of each map other than signed are
+# named "<variant> (<map> map)" (32-bit state has no map: run once).
 #
 # The trainer is found at --bin, $TRAIN_MLP, or <build>/examples/train_mlp for
 # the build folders $QRMS_BUILD_DIR, build, build-example; failing that it is
@@ -25,6 +28,7 @@ device=cpu
 bin="${TRAIN_MLP:-}"
 jsonl=""
 weights=f32
+state_maps=signed
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -34,6 +38,7 @@ while [[ $# -gt 0 ]]; do
     --bin) bin="$2"; shift 2 ;;
     --jsonl) jsonl="$2"; shift 2 ;;
     --weights) weights="$2"; shift 2 ;;
+    --state-maps) state_maps="$2"; shift 2 ;;
     -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "quality.sh: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -55,16 +60,20 @@ fi
 
 out="$(mktemp)"
 trap 'rm -f "$out"' EXIT
-echo "quality.sh: $bin --steps $steps --device $device --weights $weights, seeds 1..$seeds" >&2
+echo "quality.sh: $bin --steps $steps --device $device --weights $weights --state-maps $state_maps," \
+  "seeds 1..$seeds" >&2
 IFS=, read -r -a weight_list <<<"$weights"
+IFS=, read -r -a map_list <<<"$state_maps"
 for w in "${weight_list[@]}"; do
-  for ((s = 1; s <= seeds; ++s)); do
-    # Exit status 1 means a variant did not reduce the loss: keep the numbers,
-    # the table shows it. 2 is a usage or library error: stop.
-    rc=0
-    "$bin" --steps "$steps" --seed "$s" --device "$device" --weights "$w" --json |
-      sed "s/^{/{\"seed\":$s,/" >>"$out" || rc=$?
-    if [[ $rc -ge 2 ]]; then echo "quality.sh: train_mlp failed (exit $rc) for seed $s" >&2; exit 1; fi
+  for m in "${map_list[@]}"; do
+    for ((s = 1; s <= seeds; ++s)); do
+      # Exit status 1 means a variant did not reduce the loss: keep the numbers,
+      # the table shows it. 2 is a usage or library error: stop.
+      rc=0
+      "$bin" --steps "$steps" --seed "$s" --device "$device" --weights "$w" --state-map "$m" --json |
+        sed "s/^{/{\"seed\":$s,/" >>"$out" || rc=$?
+      if [[ $rc -ge 2 ]]; then echo "quality.sh: train_mlp failed (exit $rc) for seed $s" >&2; exit 1; fi
+    done
   done
 done
 [[ -n "$jsonl" ]] && cp "$out" "$jsonl"
@@ -74,9 +83,13 @@ import json, statistics, sys
 
 path, steps, device = sys.argv[1], sys.argv[2], sys.argv[3]
 rows = [json.loads(l) for l in open(path) if l.startswith("{")]
+# 32-bit state has no map: keep its signed-map run only.
+rows = [r for r in rows if r.get("state_map", "signed") == "signed" or "8bit" in r["variant"]]
 for r in rows:
     if r.get("weights", "f32") != "f32":
         r["variant"] += " (%s weights)" % r["weights"]
+    if r.get("state_map", "signed") != "signed":
+        r["variant"] += " (%s map)" % r["state_map"]
 variants = []
 for r in rows:
     if r["variant"] not in variants:

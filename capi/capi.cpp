@@ -62,6 +62,9 @@ constexpr int32_t kMaxThreads = 1024;
 // sizeof(qrms_update_params): should that struct grow, it needs an _init_sized
 // and a header macro as qrms_config has, so its size is pinned here.
 static_assert(qrms::core::kConfigV1Size == 64, "the first published qrms_config is 64 bytes (LP64)");
+static_assert(offsetof(qrms_config, reserved1) == 84 && offsetof(qrms_config, state_map) == 88 &&
+                  sizeof(qrms_config) == 96,
+              "state_map is appended at 88, after the 88-byte layout (LP64)");
 static_assert(sizeof(qrms_update_params) == 40,
               "qrms_update_params_init writes sizeof(qrms_update_params): a larger struct overruns old callers");
 

@@ -222,6 +222,7 @@ class CudaBackend final : public Backend {
         size_t i = 0;
         while (i < count) {
           b.qmap = qmap;
+          b.momentum_qmap = ctl.momentum_qmap ? ctl.momentum_qmap : qmap;
           b.grad_unscale = ctl.grad_unscale;
           b.skip = ctl.skip;
           b.stochastic_round = ctl.stochastic_round && dtype != Dtype::Float32 ? 1 : 0;
@@ -444,6 +445,7 @@ class CudaBackend final : public Backend {
       // Only the max_unorm tensors need the pre-pass.
       gpu::UpdateBatch &s = *sub_;
       s.qmap = b.qmap;
+      s.momentum_qmap = b.momentum_qmap;
       s.grad_unscale = b.grad_unscale;
       s.skip = b.skip;
       s.count = 0;

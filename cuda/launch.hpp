@@ -48,7 +48,8 @@ struct TensorMeta {
 constexpr int kMaxTensors = 248;  // the largest that fits kParamLimit
 
 struct UpdateBatch {
-  const float *qmap;  // 256 device floats (8-bit kinds)
+  const float *qmap;           // 256 device floats (8-bit kinds): the square averages' map
+  const float *momentum_qmap;  // the momentum buffers' map (the same pointer when the maps are one)
   const float *grad_unscale;  // every gradient times *grad_unscale (nullptr: 1)
   const int32_t *skip;        // while *skip != 0 (non-finite gradients) no kernel changes anything
   int64_t total_chunks;

@@ -31,9 +31,12 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 // quantized against new_max1 found by reduce_kernel).
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ Quantizer quant;
+  __shared__ Quantizer quant, bquant;  // the square average's map, the momentum buffer's
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) load_quantizer(args.qmap, quant);
+  if constexpr (K != StateKind::Float32) {
+    load_quantizer(args.qmap, quant);
+    load_quantizer(args.momentum_qmap, bquant);
+  }
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   const int lane = int(threadIdx.x) % 32;
@@ -63,7 +66,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
     load_state<K>(m.state1, m.scale1, quant.qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, quant.qmap, i0, m.n, vec, b);
+    if (mom) load_state<K>(m.state2, m.scale2, bquant.qmap, i0, m.n, vec, b);
 
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
@@ -79,7 +82,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
 
     store8(static_cast<T *>(m.param), i0, m.n, vec, p);
     store_state<K>(m.state1, m.scale1, quant, i0, m.n, vec, s);
-    if (mom) store_state<K>(m.state2, m.scale2, quant, i0, m.n, vec, b);
+    if (mom) store_state<K>(m.state2, m.scale2, bquant, i0, m.n, vec, b);
   }
 }
 
@@ -126,11 +129,14 @@ QRMS_DEV void flush_partial(const TensorMeta &m, const Partial &acc, typename Pa
 // per block, not one per chunk.
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ float qmap[256];
-  __shared__ uint8_t zero;
+  __shared__ float qmap[256], bqmap[256];  // the square average's map, the momentum buffer's
+  __shared__ uint8_t zero, bzero;
   __shared__ typename PartialReduce::TempStorage tmp;
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+  if constexpr (K != StateKind::Float32) {
+    load_qmap(args.qmap, qmap, zero);
+    load_qmap(args.momentum_qmap, bqmap, bzero);
+  }
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   Partial acc{0.0, 0.0, 0.0f, 0.0f};
@@ -156,7 +162,7 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_cons
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
     load_state<K>(m.state1, m.scale1, qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, qmap, i0, m.n, vec, b);
+    if (mom) load_state<K>(m.state2, m.scale2, bqmap, i0, m.n, vec, b);
 
     float u_sumsq = 0.0f, p_sumsq = 0.0f;
 #pragma unroll

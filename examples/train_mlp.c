@@ -12,12 +12,15 @@
  * (384) and the biases are smaller and keep 32-bit state, as in bitsandbytes.
  *
  * Usage: train_mlp [--steps N] [--seed S] [--lr X] [--batch B]
- *                  [--weights f32|bf16|bf16-sr] [--device cpu|cuda] [--json|--quiet]
+ *                  [--weights f32|bf16|bf16-sr] [--state-map signed|unsigned]
+ *                  [--device cpu|cuda] [--json|--quiet]
  *
  * --weights bf16 keeps the weights the optimizer updates in bfloat16 (no
  * float32 master copy; forward and backward read them widened to float and
  * the gradients are handed over as bfloat16), rounded to nearest;
  * bf16-sr the same with qrms_config.stochastic_rounding on.
+ * --state-map unsigned puts the 8-bit square averages on the unsigned
+ * dynamic map (qrms_config.state_map = QRMS_MAP_UNSIGNED).
  * Exit status: 0 when every variant ends below its initial loss, 1 when one
  * does not, 2 on a usage or library error.
  *
@@ -278,6 +281,7 @@ typedef struct {
   float lr;
   int cuda, json;
   int weights; /* 0: float32, 1: bfloat16 rounded to nearest, 2: bfloat16 rounded stochastically */
+  int32_t state_map; /* QRMS_MAP_SIGNED or QRMS_MAP_UNSIGNED */
 } options_t;
 
 typedef struct {
@@ -370,6 +374,7 @@ static int train(const variant_t *v, const options_t *o, const layout_t *l, cons
   cfg.block_wise = v->block_wise;
   cfg.stochastic_rounding = o->weights == 2;
   cfg.seed = o->seed;
+  cfg.state_map = o->state_map;
   CHECK(qrms_optimizer_create(&opt, v->variant, &cfg, o->cuda ? QRMS_DEVICE_CUDA : QRMS_DEVICE_CPU, 0));
   for (t = 0; t < N_TENSORS; ++t) {
     CHECK(qrms_optimizer_add_param(opt, (char *)opt_params + (size_t)l->offset[t] * elem,
@@ -466,6 +471,7 @@ static void usage(FILE *f) {
           "  --batch B      minibatch size, 1..%d (default 64)\n"
           "  --weights W    f32 (default), bf16 (bfloat16 weights, rounded to nearest) or bf16-sr\n"
           "                 (bfloat16 weights, stochastic rounding, keyed by --seed)\n"
+          "  --state-map M  signed (default) or unsigned: the map of 8-bit square averages\n"
           "  --device D     cpu (default) or cuda (builds with the CUDA backend only)\n"
           "  --json         print only one JSON line per variant (--quiet is the same)\n",
           MAX_BATCH);
@@ -480,6 +486,7 @@ static int parse_args(int argc, char **argv, options_t *o) {
   o->cuda = 0;
   o->json = 0;
   o->weights = 0;
+  o->state_map = QRMS_MAP_SIGNED;
   for (i = 1; i < argc; ++i) {
     const char *arg = argv[i];
     const char *val = i + 1 < argc ? argv[i + 1] : NULL;
@@ -520,6 +527,14 @@ static int parse_args(int argc, char **argv, options_t *o) {
         o->weights = 1;
       } else if (strcmp(val, "bf16-sr") == 0) {
         o->weights = 2;
+      } else {
+        goto bad;
+      }
+    } else if (strcmp(arg, "--state-map") == 0) {
+      if (strcmp(val, "signed") == 0) {
+        o->state_map = QRMS_MAP_SIGNED;
+      } else if (strcmp(val, "unsigned") == 0) {
+        o->state_map = QRMS_MAP_UNSIGNED;
       } else {
         goto bad;
       }
@@ -592,7 +607,8 @@ int main(int argc, char **argv) {
            o.cuda ? "cuda" : "cpu", (int)qrms_get_num_threads());
     printf("task: 3 spirals, %d train / %d test points; MLP 2-%d-%d-3 (ReLU), batch %d, %d steps, lr %g, seed %llu\n",
            N_TRAIN, N_TEST, H1, H2, o.batch, o.steps, (double)o.lr, (unsigned long long)o.seed);
-    printf("weights the optimizer updates: %s\n", weights_name[o.weights]);
+    printf("weights the optimizer updates: %s; 8-bit square averages on the %s map\n", weights_name[o.weights],
+           o.state_map == QRMS_MAP_UNSIGNED ? "unsigned" : "signed");
     printf("8-bit variants: 8-bit state for");
     for (t = 0; t < N_TENSORS; ++t)
       if (tensor_numel[t] >= defaults.min_8bit_size) printf(" %s (%lld)", tensor_name[t], (long long)tensor_numel[t]);
@@ -610,10 +626,11 @@ int main(int argc, char **argv) {
     }
     if (!(res->final_loss < res->initial_loss)) failed = 1;
     if (o.json) {
-      printf("{\"variant\":\"%s\",\"device\":\"%s\",\"weights\":\"%s\",\"steps\":%d,\"initial_loss\":%.6f,\"final_loss\":%.6f,"
+      printf("{\"variant\":\"%s\",\"device\":\"%s\",\"weights\":\"%s\",\"state_map\":\"%s\",\"steps\":%d,\"initial_loss\":%.6f,\"final_loss\":%.6f,"
              "\"train_accuracy\":%.4f,\"test_accuracy\":%.4f,\"state_bytes\":%lld,\"save_bytes\":%llu,"
              "\"seconds\":%.3f}\n",
-             variants[v].name, o.cuda ? "cuda" : "cpu", weights_name[o.weights], o.steps, (double)res->initial_loss,
+             variants[v].name, o.cuda ? "cuda" : "cpu", weights_name[o.weights],
+             o.state_map == QRMS_MAP_UNSIGNED ? "unsigned" : "signed", o.steps, (double)res->initial_loss,
              (double)res->final_loss, (double)res->train_acc, (double)res->test_acc,
              (long long)res->state_bytes, (unsigned long long)res->blob_bytes, res->seconds);
       continue;

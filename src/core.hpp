@@ -77,6 +77,9 @@ struct StepControl {
   // element index (math::rounding_bits).
   bool stochastic_round = false;
   uint64_t seed = 0;
+  // The momentum buffers' map (8-bit kinds; 256 device floats); nullptr:
+  // update's qmap, the square averages' map.
+  const float *momentum_qmap = nullptr;
 };
 
 // Stream-ordered helpers around a cross-rank all-reduce of device floats.
@@ -105,7 +108,8 @@ class Backend {
   virtual void zero(void *p, size_t bytes, void *stream) = 0;
 
   // Every tensor in `tensors` has state kind `kind` and params/grads of
-  // `dtype`. qmap: 256 device floats (8-bit kinds only).
+  // `dtype`. qmap: 256 device floats (8-bit kinds only), the map of the square
+  // averages (of the momentum buffers too unless ctl.momentum_qmap).
   virtual void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count,
                       const float *qmap, const StepControl &ctl, void *stream) = 0;
   // Percentile clipping for `count` gradients of `dtype`.

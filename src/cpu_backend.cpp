@@ -414,11 +414,12 @@ void update_block(const math::Hyper &h, T *p, const T *g, float *s, float *b, in
   run(h, p, g, s, b, len, unscale, gscale, uscale, rnd);
 }
 
-// Runs SPEC 3 over the blocks of one chunk. With write == false it only
+// Runs SPEC 3 over the blocks of one chunk; io reads and writes the square
+// average, bio the momentum buffer (their maps may differ). With write == false it only
 // accumulates `acc` (norms for max_unorm, maxima for per-tensor 8-bit) and
 // changes nothing; with write == true it stores params and state.
 template <typename T>
-void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool write, float unscale, float gscale,
+void walk_chunk(const TensorUpdate &t, const StateIO &io, const StateIO &bio, int64_t chunk, bool write, float unscale, float gscale,
                 float uscale, Rounding rnd, Partial &acc) {
   const math::Hyper h = t.hp;
   const bool mom = h.momentum > 0.0f;
@@ -438,12 +439,12 @@ void walk_chunk(const TensorUpdate &t, const StateIO &io, int64_t chunk, bool wr
   for (int64_t blk = b0; blk < b1; ++blk) {
     const int64_t i0 = blk * kBlockSize, len = std::min(kBlockSize, t.n - i0);
     float *s = io.load_block(t.state1, t.scale1, blk, i0, len, sbuf);
-    float *b = mom ? io.load_block(t.state2, t.scale2, blk, i0, len, bbuf) : nullptr;
+    float *b = mom ? bio.load_block(t.state2, t.scale2, blk, i0, len, bbuf) : nullptr;
     if (write) {
       rnd.first = i0;
       update_block<T>(h, param + i0, grad + i0, s, b, len, unscale, gscale, uscale, rnd);
       io.store_block(t.state1, t.scale1, blk, i0, len, s);
-      if (mom) io.store_block(t.state2, t.scale2, blk, i0, len, b);
+      if (mom) bio.store_block(t.state2, t.scale2, blk, i0, len, b);
       continue;
     }
     // Read-only pass: the figures a tensor needs before its writing pass.
@@ -487,8 +488,12 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
                   const StepControl &ctl) {
   if (ctl.skip && *ctl.skip) return;
   const float unscale = ctl.grad_unscale ? *ctl.grad_unscale : 1.0f;
-  const std::shared_ptr<const QuantTable> table = kind == StateKind::Float32 ? nullptr : QuantTable::of(qmap);
-  const StateIO io{kind, qmap, table.get(), qmap ? math::zero_code(qmap) : uint8_t(0)};
+  const float *bmap = ctl.momentum_qmap ? ctl.momentum_qmap : qmap;
+  const bool codes = kind != StateKind::Float32;
+  const std::shared_ptr<const QuantTable> table = codes ? QuantTable::of(qmap) : nullptr;
+  const std::shared_ptr<const QuantTable> btable = codes ? QuantTable::of(bmap) : nullptr;
+  const StateIO io{kind, qmap, table.get(), codes ? math::zero_code(qmap) : uint8_t(0)};
+  const StateIO bio{kind, bmap, btable.get(), codes ? math::zero_code(bmap) : uint8_t(0)};
   const bool tensor8 = kind == StateKind::Tensor8;
   auto gscale = [&](size_t i) { return tensors[i].gnorm_scale ? *tensors[i].gnorm_scale : 1.0f; };
 
@@ -505,7 +510,7 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
     std::vector<Partial> parts(pre.size());
     parallel_chunks(static_cast<int64_t>(pre.size()), [&](int64_t k) {
       const ChunkRef r = pre[static_cast<size_t>(k)];
-      walk_chunk<T>(tensors[r.tensor], io, r.chunk, false, unscale, gscale(r.tensor), 1.0f, Rounding{},
+      walk_chunk<T>(tensors[r.tensor], io, bio, r.chunk, false, unscale, gscale(r.tensor), 1.0f, Rounding{},
                     parts[static_cast<size_t>(k)]);
     });
     // Combine each tensor's partials in chunk order (thread-count independent);
@@ -548,7 +553,7 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
     // The key's step is the one this pass takes (counted below).
     const Rounding rnd{ctl.stochastic_round, ctl.seed, t.step ? *t.step + 1 : 0, 0};
     Partial unused;
-    walk_chunk<T>(t, io, r.chunk, true, unscale, gscale(r.tensor), uscale[r.tensor], rnd, unused);
+    walk_chunk<T>(t, io, bio, r.chunk, true, unscale, gscale(r.tensor), uscale[r.tensor], rnd, unused);
   });
   for (size_t i = 0; i < count; ++i)
     if (tensors[i].step) ++*tensors[i].step;

@@ -22,6 +22,7 @@ Layout Layout::of(const Config &cfg, int64_t n) {
   l.momentum = cfg.momentum > 0.0f;
   l.clip = cfg.args.percentile_clipping < 100;
   l.unorm = cfg.args.max_unorm > 0.0f;
+  l.unsigned_map = l.kind != StateKind::Float32 && cfg.args.state_map == StateMap::Unsigned;
   return l;
 }
 
@@ -107,9 +108,11 @@ Optimizer1State::Optimizer1State(const Config &cfg, Device device, int device_in
     throw ValueError("invalid device " + std::to_string(static_cast<int>(device)) +
                      " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
   }
-  impl_->host_qmap = dynamic_map(true);
-  impl_->qmap = DeviceBuffer(impl_->backend.get(), 256 * sizeof(float));
-  impl_->backend->from_host(impl_->qmap.get(), impl_->host_qmap.data(), 256 * sizeof(float));
+  for (int u = 0; u < 2; ++u) {
+    impl_->host_qmap[u] = dynamic_map(u == 0);
+    impl_->qmap[u] = DeviceBuffer(impl_->backend.get(), 256 * sizeof(float));
+    impl_->backend->from_host(impl_->qmap[u].get(), impl_->host_qmap[u].data(), 256 * sizeof(float));
+  }
   impl_->found_inf = DeviceBuffer(impl_->backend.get(), sizeof(int32_t));
 }
 
@@ -206,8 +209,8 @@ void Optimizer1State::set_param_config(int64_t index, const Config &cfg) {
   if (layout != e.layout) {
     if (e.stepped)
       throw ValueError("parameter " + std::to_string(index) +
-                       " has taken steps; its state layout (precision, momentum buffer, clipping, max_unorm) "
-                       "can only change before its first step");
+                       " has taken steps; its state layout (precision, state map, momentum buffer, clipping, "
+                       "max_unorm) can only change before its first step");
     StateBuffers fresh(impl_->backend.get(), layout, e.n);  // may throw: nothing changed yet
     e.state = std::move(fresh);
     e.layout = layout;
@@ -289,31 +292,37 @@ void Optimizer1State::step(void *stream) {
       if (!m.clips.empty()) m.backend->clip(dtype, m.clips.data(), m.clips.size(), ctl, stream);
     }
   };
+  // One group per (kind, dtype, square-average map); momentum buffers keep the signed map.
+  ctl.momentum_qmap = m.qmap[0].get<float>();
   auto update_pass = [&](core::Pass pass) {
     ctl.pass = pass;
     for (StateKind kind : kinds) {
       for (Dtype dtype : dtypes) {
-        m.updates.clear();
-        for (size_t i = 0; i < m.params.size(); ++i) {
-          ParamEntry &e = m.params[i];
-          if (!e.steps() || e.dtype != dtype || e.layout.kind != kind) continue;
-          core::TensorUpdate t;
-          t.param = e.param;
-          t.grad = e.grad;
-          t.n = e.n;
-          t.state1 = e.state.state1.get();
-          t.state2 = e.state.state2.get();
-          t.scale1 = e.state.scale1.get<float>();
-          t.scale2 = e.state.scale2.get<float>();
-          t.gnorm_scale = e.state.gnorm_scale.get<float>();
-          t.unorm = comm && e.layout.unorm ? m.slots.unorm(i) : e.state.unorm.get<float>();
-          t.new_max = comm && kind == StateKind::Tensor8 ? m.slots.maxima(i) : nullptr;
-          t.step = e.state.step.get<int64_t>();
-          t.hp = hyper_of(e.cfg);
-          m.updates.push_back(t);
+        for (const bool unsigned_map : {false, true}) {
+          m.updates.clear();
+          for (size_t i = 0; i < m.params.size(); ++i) {
+            ParamEntry &e = m.params[i];
+            if (!e.steps() || e.dtype != dtype || e.layout.kind != kind || e.layout.unsigned_map != unsigned_map)
+              continue;
+            core::TensorUpdate t;
+            t.param = e.param;
+            t.grad = e.grad;
+            t.n = e.n;
+            t.state1 = e.state.state1.get();
+            t.state2 = e.state.state2.get();
+            t.scale1 = e.state.scale1.get<float>();
+            t.scale2 = e.state.scale2.get<float>();
+            t.gnorm_scale = e.state.gnorm_scale.get<float>();
+            t.unorm = comm && e.layout.unorm ? m.slots.unorm(i) : e.state.unorm.get<float>();
+            t.new_max = comm && kind == StateKind::Tensor8 ? m.slots.maxima(i) : nullptr;
+            t.step = e.state.step.get<int64_t>();
+            t.hp = hyper_of(e.cfg);
+            m.updates.push_back(t);
+          }
+          if (!m.updates.empty())
+            m.backend->update(kind, dtype, m.updates.data(), m.updates.size(), m.qmap[unsigned_map].get<float>(), ctl,
+                              stream);
         }
-        if (!m.updates.empty())
-          m.backend->update(kind, dtype, m.updates.data(), m.updates.size(), m.qmap.get<float>(), ctl, stream);
       }
     }
   };
@@ -384,7 +393,7 @@ std::vector<float> Optimizer1State::read_state(int64_t index, int which) const {
   std::vector<float> scales(scale.bytes() / sizeof(float));
   impl_->backend->to_host(codes.data(), state.get(), codes.size());
   impl_->backend->to_host(scales.data(), scale.get(), scale.bytes());
-  const float *q = impl_->host_qmap.data();
+  const float *q = impl_->host_qmap[which == QRMS_STATE_SQUARE_AVG && e.layout.unsigned_map].data();
   for (int64_t i = 0; i < e.n; ++i) {
     const float a = e.layout.kind == StateKind::Blockwise8 ? scales[static_cast<size_t>(i / math::kBlockSize)]
                                                             : scales[0];

@@ -42,12 +42,14 @@ struct Layout {
   bool momentum = false;  // momentum buffer
   bool clip = false;      // percentile clipping history
   bool unorm = false;     // max_unorm scratch
+  bool unsigned_map = false;  // 8-bit square average on the unsigned map (StateMap::Unsigned)
 
   static Layout of(const Config &cfg, int64_t n);
   size_t state_bytes(int64_t n) const;  // bytes of one state buffer (s or b)
   size_t scale_bytes(int64_t n) const;  // bytes of its absmax / max1 array
   bool operator==(const Layout &o) const {
-    return kind == o.kind && momentum == o.momentum && clip == o.clip && unorm == o.unorm;
+    return kind == o.kind && momentum == o.momentum && clip == o.clip && unorm == o.unorm &&
+           unsigned_map == o.unsigned_map;
   }
   bool operator!=(const Layout &o) const { return !(*this == o); }
 };
@@ -100,8 +102,10 @@ struct ReduceSlots {
 struct Optimizer1State::Impl {
   Config cfg;
   std::unique_ptr<core::Backend> backend;
-  DeviceBuffer qmap;                 // signed dynamic map on the device
-  std::vector<float> host_qmap;
+  // The dynamic maps on the device and the host, by StateMap: [0] signed
+  // (momentum buffers, and square averages by default), [1] unsigned.
+  DeviceBuffer qmap[2];
+  std::vector<float> host_qmap[2];
   std::vector<ParamEntry> params;
   DeviceBuffer found_inf;                  // int32: the last step saw inf/NaN (skip_nonfinite)
   const float *grad_unscale = nullptr;     // device float multiplying every gradient, or nullptr

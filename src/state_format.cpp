@@ -14,7 +14,8 @@ namespace {
 
 constexpr char kMagic[8] = {'Q', 'R', 'M', 'S', 'S', 'T', 'A', 'T'};
 constexpr uint32_t kEndianMark = 0x01020304u;
-constexpr uint32_t kFormatVersion = 2;  // 1: no rank/world, no shard fields (still read)
+// 1: no rank/world, no shard fields; 2: no state_map (both still read, as the signed map)
+constexpr uint32_t kFormatVersion = 3;
 constexpr size_t kPrefixBytes = 8 + 4 + 4;  // magic, endian mark, version
 constexpr size_t kChecksumBytes = 8;
 constexpr int kBuffers = 5;
@@ -98,9 +99,10 @@ void put_config(Writer &w, const Config &c) {
   w.put<int32_t>(c.args.block_wise ? 1 : 0);
   w.put(c.args.max_unorm);
   w.put<int32_t>(c.args.skip_zeros ? 1 : 0);
+  w.put(static_cast<int32_t>(c.args.state_map));
 }
 
-Config get_config(Reader &r) {
+Config get_config(Reader &r, uint32_t version) {
   Config c;
   c.lr = r.get<float>("lr");
   c.alpha = r.get<float>("alpha");
@@ -113,6 +115,7 @@ Config get_config(Reader &r) {
   c.args.block_wise = r.get<int32_t>("block_wise") != 0;
   c.args.max_unorm = r.get<float>("max_unorm");
   c.args.skip_zeros = r.get<int32_t>("skip_zeros") != 0;
+  if (version >= 3) c.args.state_map = static_cast<StateMap>(r.get<int32_t>("state_map"));
   return c;
 }
 
@@ -143,8 +146,8 @@ Blob parse(const void *buffer, size_t size) {
   std::memcpy(&mark, p + 8, 4);
   std::memcpy(&version, p + 12, 4);
   if (mark != kEndianMark) throw BadStateError("state blob was written on a machine of the other byte order");
-  if (version != 1 && version != kFormatVersion)
-    throw BadStateError("state blob has format version " + std::to_string(version) + "; this library reads versions 1 and " +
+  if (version < 1 || version > kFormatVersion)
+    throw BadStateError("state blob has format version " + std::to_string(version) + "; this library reads versions 1 to " +
                         std::to_string(kFormatVersion));
   uint64_t stored;
   std::memcpy(&stored, p + size - kChecksumBytes, kChecksumBytes);
@@ -174,7 +177,7 @@ Blob parse(const void *buffer, size_t size) {
     const int32_t kind = r.get<int32_t>("state kind");
     rec.own_config = r.get<int32_t>("own_config") != 0;
     rec.step = r.get<int64_t>("step");
-    rec.cfg = get_config(r);
+    rec.cfg = get_config(r, version);
     if (rec.dtype < 0 || rec.dtype > 2) throw BadStateError(which + ": invalid dtype " + std::to_string(rec.dtype));
     if (rec.step < 0) throw BadStateError(which + ": negative step count");
     try {
@@ -200,7 +203,7 @@ Blob parse(const void *buffer, size_t size) {
   return b;
 }
 
-// Writes (or measures, buffer == nullptr with capacity 0) a version-2 blob;
+// Writes (or measures, buffer == nullptr with capacity 0) a blob of kFormatVersion;
 // fill(i, k, dst) writes buffer k of record i.
 size_t write_blob(int32_t rank, int32_t world, const std::vector<Record> &records,
                   const std::function<void(size_t, int, uint8_t *)> &fill, void *buffer, size_t capacity) {
@@ -298,7 +301,8 @@ void load_state(Optimizer1State::Impl &impl, const void *buffer, size_t size) {
                           std::to_string(e.global_n));
     if (rec.dtype != static_cast<int32_t>(e.dtype)) throw BadStateError(which + ": dtype differs from the optimizer's");
     if (rec.layout != e.layout)
-      throw BadStateError(which + ": state precision or layout (8/32-bit, block-wise, momentum, clipping, max_unorm) "
+      throw BadStateError(which + ": state precision or layout (8/32-bit, block-wise, state map, momentum, clipping, "
+                                  "max_unorm) "
                                   "differs from the optimizer's");
     if (e.n > 0 && (e.offset < rec.offset || e.offset + e.n > rec.offset + rec.n))
       throw BadStateError(which + ": the blob (rank " + std::to_string(blob.rank) + " of " + std::to_string(blob.world) +

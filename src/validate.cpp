@@ -38,6 +38,9 @@ void validate(const Config &c) {
   require(c.args.max_unorm >= 0.0f && std::isfinite(c.args.max_unorm), "Invalid max_unorm value: ", c.args.max_unorm);
   if (c.args.min_8bit_size < 0)
     throw ValueError("Invalid min_8bit_size value: " + std::to_string(c.args.min_8bit_size));
+  if (c.args.state_map != StateMap::Signed && c.args.state_map != StateMap::Unsigned)
+    throw ValueError("Invalid state_map value: " + std::to_string(static_cast<int32_t>(c.args.state_map)) +
+                     " (QRMS_MAP_SIGNED 0, QRMS_MAP_UNSIGNED 1)");
   if (c.args.percentile_clipping < 0 || c.args.percentile_clipping > 100)
     throw ValueError("Invalid percentile_clipping value: " + std::to_string(c.args.percentile_clipping) +
                      " (100 disables clipping, 0..99 clip at that percentile)");
@@ -84,6 +87,7 @@ Config config_from_c(const qrms_config *cfg) {
   out.skip_nonfinite = c.skip_nonfinite != 0;
   out.stochastic_rounding = c.stochastic_rounding != 0;
   out.seed = c.seed;
+  out.args.state_map = static_cast<StateMap>(c.state_map);
   return out;
 }
 
@@ -106,6 +110,7 @@ qrms_config config_to_c(const Config &cfg) {
   c.skip_nonfinite = cfg.skip_nonfinite ? 1 : 0;
   c.stochastic_rounding = cfg.stochastic_rounding ? 1 : 0;
   c.seed = cfg.seed;
+  c.state_map = static_cast<int32_t>(cfg.args.state_map);
   return c;
 }
 

@@ -881,3 +881,101 @@ TEST_CASE("C ABI: stochastic_rounding and seed are appended; an older struct_siz
   CHECK_FALSE(sr.same_bits(nearest));
   CHECK(step_with(c).same_bits(sr));
 }
+
+TEST_CASE("C ABI: state_map is appended; an older struct_size gets the signed map; bad values are refused",
+          "[capi][state_map]") {
+  qrms_config c;
+  QRMS_REQUIRE_OK(qrms_config_init_sized(&c, sizeof(c)));
+  CHECK(c.state_map == QRMS_MAP_SIGNED);
+  c.min_8bit_size = 0;
+  c.momentum = 0.9f;
+  std::vector<float> umap(256);
+  QRMS_REQUIRE_OK(qrms_dynamic_map(0, umap.data()));
+  const std::vector<float> smap = qtest::signed_map();
+
+  // Steps of an 8-bit optimizer; the square average as read back, and the
+  // parameter's config.
+  auto run = [](const qrms_config &cfg, std::vector<float> &s, std::vector<float> &b, qrms_config &got) {
+    std::mt19937 rng(5);
+    Trainee t(Dt::F32, 1000, rng);
+    COpt opt(QRMS_RMSPROP_8BIT, cfg);
+    opt.add(t.p, &t.g);
+    for (int k = 0; k < 3; ++k) {
+      qtest::fill_grad(t.g, rng, 1.0f);
+      opt.step();
+    }
+    s = opt.read_state(0, QRMS_STATE_SQUARE_AVG);
+    b = opt.read_state(0, QRMS_STATE_MOMENTUM);
+    std::memset(&got, 0, sizeof(got));
+    got.struct_size = sizeof(got);
+    QRMS_REQUIRE_OK(qrms_optimizer_get_param_config(opt.get(), 0, &got));
+    return t.p;
+  };
+  // Whether every value of each block of 256 is a map entry times the
+  // block's absmax, which is its largest |value| over the map's first or
+  // last entry (the largest value quantizes to one of the map's ends).
+  auto on_map = [](const std::vector<float> &v, const std::vector<float> &q) {
+    for (size_t i0 = 0; i0 < v.size(); i0 += 256) {
+      const size_t e = std::min(v.size(), i0 + 256);
+      float top = 0.0f;
+      for (size_t i = i0; i < e; ++i) top = std::max(top, std::fabs(v[i]));
+      bool block_ok = top == 0.0f;
+      for (float end : {q[0], q[255]}) {
+        if (end == 0.0f || block_ok) continue;
+        const float a = top / std::fabs(end);
+        bool all = true;
+        for (size_t i = i0; i < e && all; ++i) {
+          bool found = false;
+          for (float m : q) found = found || std::fabs(m * a - v[i]) <= 1e-6f * a;
+          all = found;
+        }
+        block_ok = all;
+      }
+      if (!block_ok) return false;
+    }
+    return true;
+  };
+  std::vector<float> s_signed, b_signed, s_unsigned, b_unsigned;
+  qrms_config got;
+  const qref::Tensor p_signed = run(c, s_signed, b_signed, got);
+  CHECK(got.state_map == QRMS_MAP_SIGNED);
+  CHECK(on_map(s_signed, smap));
+  c.state_map = QRMS_MAP_UNSIGNED;
+  const qref::Tensor p_unsigned = run(c, s_unsigned, b_unsigned, got);
+  CHECK(got.state_map == QRMS_MAP_UNSIGNED);
+  CHECK(on_map(s_unsigned, umap));
+  CHECK_FALSE(on_map(s_unsigned, smap));
+  CHECK(on_map(b_unsigned, smap));  // the momentum buffer stays signed
+  CHECK_FALSE(p_unsigned.same_bits(p_signed));
+
+  // The layout before it (88 bytes, ending with stochastic_rounding and its
+  // tail padding), followed by bytes a newer caller would have set: not read.
+  qrms_config old = c;
+  std::memset(&old.reserved1, 0xCD, sizeof(old) - offsetof(qrms_config, reserved1));
+  old.struct_size = offsetof(qrms_config, state_map);
+  REQUIRE(old.struct_size == 88);
+  std::vector<float> s_old, b_old;
+  CHECK(run(old, s_old, b_old, got).same_bits(p_signed));
+  CHECK(got.state_map == QRMS_MAP_SIGNED);
+  // Garbage in reserved1 of a full struct is not read either.
+  c.state_map = QRMS_MAP_SIGNED;
+  c.reserved1 = -7;
+  CHECK(run(c, s_old, b_old, got).same_bits(p_signed));
+
+  // Values other than QRMS_MAP_SIGNED and QRMS_MAP_UNSIGNED: create and
+  // set_param_config refuse them, naming the field.
+  for (int32_t bad : {2, -1, 0x7fffffff}) {
+    INFO("state_map " << bad);
+    c.state_map = bad;
+    qrms_optimizer_t h = nullptr;
+    QRMS_CHECK_FAILS(qrms_optimizer_create(&h, QRMS_RMSPROP_8BIT, &c, QRMS_DEVICE_CPU, 0),
+                     QRMS_ERROR_INVALID_ARGUMENT, "Invalid state_map value: " + std::to_string(bad));
+    CHECK(h == nullptr);
+    qrms_config good = c;
+    good.state_map = QRMS_MAP_SIGNED;
+    COpt opt(QRMS_RMSPROP_8BIT, good);
+    qref::Tensor p(Dt::F32, 10);
+    opt.add(p, nullptr);
+    QRMS_CHECK_FAILS(qrms_optimizer_set_param_config(opt.get(), 0, &c), QRMS_ERROR_INVALID_ARGUMENT, "state_map");
+  }
+}

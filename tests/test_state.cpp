@@ -115,6 +115,19 @@ std::vector<Spec> specs() {
     s.tensors = {{Dt::F32, 2000, {}}, {Dt::BF16, 900, keep32}, {Dt::F32, 1500, tensor8}};
     out.push_back(s);
   }
+  {
+    Spec s{"unsigned square-average map, block-wise and per tensor, momentum; one signed", qrms::Config{}, {}};
+    s.cfg.optim_bits = 8;
+    s.cfg.momentum = 0.9f;
+    s.cfg.args.min_8bit_size = 0;
+    s.cfg.args.state_map = qrms::StateMap::Unsigned;
+    qrms::Config tensor8 = s.cfg;
+    tensor8.args.block_wise = false;
+    qrms::Config signed_map = s.cfg;
+    signed_map.args.state_map = qrms::StateMap::Signed;
+    s.tensors = {{Dt::F32, 2000, {}}, {Dt::BF16, 900, tensor8}, {Dt::F16, 700, signed_map}};
+    out.push_back(s);
+  }
   return out;
 }
 
@@ -357,15 +370,36 @@ T peek(const std::vector<uint8_t> &b, size_t off) {
   return v;
 }
 
-// Offsets of docs/state-format.md (version 2): a 32-byte header, then record 0.
+// Offsets of docs/state-format.md (version 3): a 32-byte header, then record 0.
 constexpr size_t kRank = 16, kWorld = 20, kCount = 24, kRec = 32;
 constexpr size_t kNumel = kRec + 0, kGlobal = kRec + 8, kOffset = kRec + 16, kDtype = kRec + 24, kKind = kRec + 28,
                  kStep = kRec + 36, kLr = kRec + 44, kAlpha = kRec + 48, kMomentum = kRec + 60, kBits = kRec + 64,
-                 kPct = kRec + 76, kBuffers = kRec + 92;
+                 kPct = kRec + 76, kStateMap = kRec + 92, kBuffers = kRec + 96;
+
+// The same blob in format version 2 (no state_map in the records).
+std::vector<uint8_t> to_v2(const std::vector<uint8_t> &v3) {
+  std::vector<uint8_t> out(v3.begin(), v3.begin() + kRec);
+  poke<uint32_t>(out, 12, 2u);
+  const uint64_t count = peek<uint64_t>(v3, kCount);
+  size_t at = kRec;
+  for (uint64_t r = 0; r < count; ++r) {
+    out.insert(out.end(), v3.begin() + static_cast<long>(at), v3.begin() + static_cast<long>(at + 92));
+    at += 96;  // the record up to skip_zeros, then state_map
+    for (int k = 0; k < 5; ++k) {
+      const uint64_t bytes = peek<uint64_t>(v3, at);
+      out.insert(out.end(), v3.begin() + static_cast<long>(at), v3.begin() + static_cast<long>(at + 8 + bytes));
+      at += 8 + bytes;
+    }
+  }
+  out.resize(out.size() + 8);
+  reseal(out);
+  return out;
+}
 
 // The same blob in format version 1 (no rank/world, no shard fields), as
 // version 0.1.0 of the library wrote it.
-std::vector<uint8_t> to_v1(const std::vector<uint8_t> &v2) {
+std::vector<uint8_t> to_v1(const std::vector<uint8_t> &v3) {
+  const std::vector<uint8_t> v2 = to_v2(v3);
   std::vector<uint8_t> out(v2.begin(), v2.begin() + 16);
   poke<uint32_t>(out, 12, 1u);
   const uint64_t count = peek<uint64_t>(v2, kCount);
@@ -395,7 +429,8 @@ TEST_CASE("the blob follows docs/state-format.md", "[state]") {
   const std::vector<uint8_t> blob = m.opt->save();
   CHECK(std::string(reinterpret_cast<const char *>(blob.data()), 8) == "QRMSSTAT");
   CHECK(peek<uint32_t>(blob, 8) == 0x01020304u);
-  CHECK(peek<uint32_t>(blob, 12) == 2u);
+  CHECK(peek<uint32_t>(blob, 12) == 3u);
+  CHECK(peek<int32_t>(blob, kStateMap) == QRMS_MAP_SIGNED);
   CHECK(peek<int32_t>(blob, kRank) == 0);
   CHECK(peek<int32_t>(blob, kWorld) == 1);
   CHECK(peek<uint64_t>(blob, kCount) == 2u);
@@ -430,7 +465,7 @@ TEST_CASE("blobs with a valid checksum but bad content are refused and change no
   const std::vector<Forgery> forgeries = {
       {"magic", [](std::vector<uint8_t> &b) { b[0] = 'X'; }},
       {"other byte order", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 8, 0x04030201u); }},
-      {"format version 3", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 3u); }},
+      {"format version 4", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 4u); }},
       {"format version 0", [](std::vector<uint8_t> &b) { poke<uint32_t>(b, 12, 0u); }},
       {"rank beyond the world", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kRank, 1); }},
       {"world size 0", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kWorld, 0); }},
@@ -454,6 +489,9 @@ TEST_CASE("blobs with a valid checksum but bad content are refused and change no
       {"alpha 0", [](std::vector<uint8_t> &b) { poke<float>(b, kAlpha, 0.0f); }},
       {"lr NaN", [nan](std::vector<uint8_t> &b) { poke<float>(b, kLr, nan); }},
       {"optim_bits 16", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kBits, 16); }},
+      {"state_map 2", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kStateMap, 2); }},
+      {"state_map -1", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kStateMap, -1); }},
+      {"unsigned map for signed 8-bit state", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kStateMap, QRMS_MAP_UNSIGNED); }},
       {"32-bit config for 8-bit state", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kBits, 32); }},
       {"no momentum buffer in the config", [](std::vector<uint8_t> &b) { poke<float>(b, kMomentum, 0.0f); }},
       {"no clipping in the config", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kPct, 100); }},
@@ -485,11 +523,11 @@ TEST_CASE("format version 1 blobs load as unsharded state", "[state]") {
   train(src, 0, 3);
   const std::vector<uint8_t> blob = src.opt->save();
   const std::vector<uint8_t> v1 = to_v1(blob);
-  REQUIRE(v1.size() == blob.size() - 8 - 2 * 16);
+  REQUIRE(v1.size() == blob.size() - 8 - 2 * (16 + 4));
   Model a = build(s), b = build(s);
   a.opt->load(blob.data(), blob.size());
   b.opt->load(v1.data(), v1.size());
-  CHECK_SAME(b.opt->save(), blob);  // saved again in version 2, the same state
+  CHECK_SAME(b.opt->save(), blob);  // saved again in version 3, the same state
   copy_params(src, a);
   copy_params(src, b);
   train(a, 3, 5);
@@ -499,4 +537,29 @@ TEST_CASE("format version 1 blobs load as unsharded state", "[state]") {
   std::vector<uint8_t> bad = v1;
   bad[40] ^= 1;
   CHECK_THROWS_AS(b.opt->load(bad.data(), bad.size()), qrms::BadStateError);
+}
+
+TEST_CASE("format version 2 blobs load as the signed map; a bad state_map is named", "[state]") {
+  const Spec s = small_spec();
+  Model src = build(s, 3);
+  train(src, 0, 3);
+  const std::vector<uint8_t> blob = src.opt->save();
+  const std::vector<uint8_t> v2 = to_v2(blob);
+  REQUIRE(v2.size() == blob.size() - 2 * 4);
+  Model b = build(s);
+  b.opt->load(v2.data(), v2.size());
+  CHECK(b.opt->param_config(0).args.state_map == qrms::StateMap::Signed);
+  CHECK_SAME(b.opt->save(), blob);
+
+  std::vector<uint8_t> bad = blob;
+  poke<int32_t>(bad, kStateMap, 7);
+  reseal(bad);
+  const std::vector<uint8_t> before = b.opt->save();
+  try {
+    b.opt->load(bad.data(), bad.size());
+    FAIL("a state_map of 7 was accepted");
+  } catch (const qrms::BadStateError &e) {
+    CHECK_THAT(e.what(), Catch::Contains("parameter 0") && Catch::Contains("state_map"));
+  }
+  CHECK_SAME(b.opt->save(), before);
 }

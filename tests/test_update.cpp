@@ -70,6 +70,9 @@ const Option kOptions[] = {
     {"per_tensor+momentum+skip_zeros",
      [](qrms::Config &c) { c.args.block_wise = false; c.momentum = 0.9f; c.args.skip_zeros = true; }},
     {"min_8bit_size=100", [](qrms::Config &c) { c.args.min_8bit_size = 100; }},
+    {"unsigned map", [](qrms::Config &c) { c.args.state_map = qrms::StateMap::Unsigned; }},
+    {"unsigned map per_tensor+momentum", [](qrms::Config &c) {
+       c.args.state_map = qrms::StateMap::Unsigned; c.args.block_wise = false; c.momentum = 0.9f; c.eps = 1e-3f; }},
     {"min_8bit_size=1M", [](qrms::Config &c) { c.args.min_8bit_size = 1 << 20; }},
     {"all", [](qrms::Config &c) {
        c.momentum = 0.9f; c.weight_decay = 0.05f; c.args.skip_zeros = true; c.args.percentile_clipping = 5;
@@ -95,7 +98,7 @@ void run_variant(Variant v) {
   opt_case.apply(c);
   c.optim_bits = is8(v) ? 8 : 32;
   auto opt = make(v, c);
-  const std::vector<float> qmap = qrms::dynamic_map(true);
+  const std::vector<float> qmap = qrms::dynamic_map(true), umap = qrms::dynamic_map(false);
 
   std::mt19937 rng(1234u + static_cast<unsigned>(oi) * 17u + static_cast<unsigned>(dt));
   std::vector<Trainee> ts;
@@ -104,6 +107,7 @@ void run_variant(Variant v) {
     t.h = hyper_of(c);
     t.bits8 = is8(v) && n >= c.args.min_8bit_size;
     t.blocksize = c.args.block_wise ? 256 : n;
+    if (c.args.state_map == qrms::StateMap::Unsigned) t.smap = umap.data();
     ts.push_back(std::move(t));
   }
   for (size_t i = 0; i < ts.size(); ++i) {

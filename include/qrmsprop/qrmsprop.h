@@ -114,15 +114,27 @@ typedef struct qrms_config {
                                   seed, the parameter's step and index and the element's index, so
                                   results are reproducible, independent of the thread count and the
                                   same on the CPU and a GPU. Optimizer-wide: ignored in
-                                  per-parameter configs. Bytes after it are tail padding
-                                  (a later field starts at sizeof of this layout). */
+                                  per-parameter configs. */
+  /* ---- appended later in 0.1 (issue 15); a smaller struct_size leaves it 0. ---- */
+  int32_t reserved1; /* never read: the tail padding of the layout above (88 bytes),
+                        which its callers may leave uninitialised */
+  int32_t state_map; /* QRMS_MAP_*: the map of 8-bit square-average state. QRMS_MAP_UNSIGNED
+                        spends all 256 codes on the non-negative square average (about twice
+                        the resolution of the default signed map, whose results are those of
+                        bitsandbytes); the momentum buffer keeps the signed map and 32-bit
+                        state is unaffected. Per parameter. Bytes after it are tail padding
+                        (a later field starts at sizeof of this layout). */
 } qrms_config;
+
+/* Values of qrms_config.state_map. */
+#define QRMS_MAP_SIGNED 0
+#define QRMS_MAP_UNSIGNED 1
 
 /* Fills *cfg with the defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0,
  * momentum 0, centered 0, optim_bits 32, min_8bit_size 4096,
  * percentile_clipping 100, block_wise 1, max_unorm 0, skip_zeros 0,
- * skip_nonfinite 0, stochastic_rounding 0, seed 0. Writes at most `size` bytes (the caller's
- * sizeof(qrms_config)) and sets struct_size to what it wrote: the smaller of
+ * skip_nonfinite 0, stochastic_rounding 0, seed 0, state_map QRMS_MAP_SIGNED.
+ * Writes at most `size` bytes (the caller's sizeof(qrms_config)) and sets struct_size to what it wrote: the smaller of
  * `size` and this library's struct. size below the first published struct
  * (64 bytes) is INVALID_ARGUMENT. FFI bindings call this one with the size of
  * the struct they declare. */

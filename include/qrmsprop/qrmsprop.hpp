@@ -24,6 +24,8 @@ namespace qrms {
 
 enum class Device : int32_t { CPU = QRMS_DEVICE_CPU, CUDA = QRMS_DEVICE_CUDA };
 enum class Dtype : int32_t { Float32 = QRMS_FLOAT32, Float16 = QRMS_FLOAT16, BFloat16 = QRMS_BFLOAT16 };
+// The map of 8-bit square-average state (qrms_config.state_map).
+enum class StateMap : int32_t { Signed = QRMS_MAP_SIGNED, Unsigned = QRMS_MAP_UNSIGNED };
 
 class Error : public std::runtime_error {
  public:
@@ -53,6 +55,9 @@ struct Args {
   bool block_wise = true;
   float max_unorm = 0.0f;
   bool skip_zeros = false;
+  // The map of 8-bit square-average state (the momentum buffer keeps the
+  // signed map; 32-bit state ignores it).
+  StateMap state_map = StateMap::Signed;
 };
 
 // Every hyper-parameter of one parameter (SPEC section 2).

@@ -14,7 +14,7 @@ using qrms::Dtype;
 namespace {
 
 enum class Variant { Bits32, Blockwise8, Tensor8 };
-enum class Option { None, Momentum, WeightDecay, SkipZeros, Clipping, MaxUnorm, All, Stochastic };
+enum class Option { None, Momentum, WeightDecay, SkipZeros, Clipping, MaxUnorm, All, Stochastic, UnsignedMap };
 
 const char *variant_name(Variant v) {
   switch (v) {
@@ -46,6 +46,8 @@ const char *option_name(Option o) {
       return "all options";
     case Option::Stochastic:
       return "stochastic rounding + momentum";
+    case Option::UnsignedMap:
+      return "unsigned state map + momentum + skip_zeros";
   }
   return "?";
 }
@@ -57,9 +59,10 @@ bool is_exact(Option o) {
 std::unique_ptr<qrms::Optimizer1State> make_opt(Variant v, Option o, qrms::Device dev) {
   qrms::Args args;
   args.block_wise = v != Variant::Tensor8;
-  const float momentum = (o == Option::Momentum || o == Option::All) ? 0.9f : 0.0f;
+  const float momentum = (o == Option::Momentum || o == Option::All || o == Option::UnsignedMap) ? 0.9f : 0.0f;
   const float wd = (o == Option::WeightDecay || o == Option::All) ? 0.01f : 0.0f;
-  if (o == Option::SkipZeros || o == Option::All) args.skip_zeros = true;
+  if (o == Option::SkipZeros || o == Option::All || o == Option::UnsignedMap) args.skip_zeros = true;
+  if (o == Option::UnsignedMap) args.state_map = qrms::StateMap::Unsigned;
   if (o == Option::Clipping || o == Option::All) args.percentile_clipping = 50;
   if (o == Option::MaxUnorm || o == Option::All) args.max_unorm = 1.0f;
   const int bits = v == Variant::Bits32 ? 32 : 8;
@@ -150,7 +153,8 @@ void run_case(const Case &c) {
     }
     CHECK(gpu->get_step(int64_t(k)) == cpu->get_step(int64_t(k)));
 
-    const bool mom = c.option == Option::Momentum || c.option == Option::All || c.option == Option::Stochastic;
+    const bool mom = c.option == Option::Momentum || c.option == Option::All || c.option == Option::Stochastic ||
+                     c.option == Option::UnsignedMap;
     for (int which = 0; which < (mom ? 2 : 1); ++which) {
       CAPTURE(which);
       const std::vector<float> a = cpu->read_state(int64_t(k), which);
@@ -180,13 +184,13 @@ TEST_CASE("GPU matches CPU: every variant x dtype x option", "[gpu][matrix]") {
   const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8);
   const Dtype d = GENERATE(Dtype::Float32, Dtype::Float16, Dtype::BFloat16);
   const Option o = GENERATE(Option::None, Option::Momentum, Option::WeightDecay, Option::SkipZeros, Option::Clipping,
-                            Option::MaxUnorm, Option::All, Option::Stochastic);
+                            Option::MaxUnorm, Option::All, Option::Stochastic, Option::UnsignedMap);
   run_case(Case{v, d, o, kSizes, 5});
 }
 
 TEST_CASE("GPU matches CPU: small subset for the sanitizers", "[gpu][sanitize]") {
   const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8);
-  const Option o = GENERATE(Option::Momentum, Option::All, Option::Stochastic);
+  const Option o = GENERATE(Option::Momentum, Option::All, Option::Stochastic, Option::UnsignedMap);
   run_case(Case{v, Dtype::BFloat16, o, {300, 4100, 9000}, 3});
 }
 
@@ -218,11 +222,14 @@ TEST_CASE("GPU matches CPU: mixed dtypes and configs in one optimizer", "[gpu]")
     CUDA_REQUIRE(cudaMemcpy(p.dg.get(), p.hg.data(), bytes, cudaMemcpyHostToDevice));
     const int64_t ic = cpu->add_param(p.hp.data(), p.hg.data(), p.d, p.n);
     const int64_t ig = gpu->add_param(p.dp.get(), p.dg.get(), p.d, p.n);
-    if (p.tensor8) {
+    if (p.tensor8 || p.n > 10000) {
       qrms::Config cfg = cpu->config();
-      cfg.args.block_wise = false;
-      cfg.args.skip_zeros = true;
-      cfg.weight_decay = 0.02f;
+      if (p.tensor8) {
+        cfg.args.block_wise = false;
+        cfg.args.skip_zeros = true;
+        cfg.weight_decay = 0.02f;
+      }
+      if (p.n > 10000) cfg.args.state_map = qrms::StateMap::Unsigned;  // groups of their own
       cpu->set_param_config(ic, cfg);
       gpu->set_param_config(ig, cfg);
     }

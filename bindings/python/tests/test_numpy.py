@@ -72,6 +72,35 @@ def test_8bit_close_to_reference(rng, momentum, block_wise):
     assert opt.state_bytes() == (n + scales) * (2 if momentum > 0 else 1) + 8
 
 
+@pytest.mark.parametrize("block_wise", [True, False])
+def test_unsigned_state_map_is_closer_to_32bit_state(rng, block_wise):
+    n, steps, lr = 8192, 30, 1e-3
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = make_grads(rng, n, steps)
+    _, ref_s, _ = reference_rmsprop(p0, grads, lr=lr)
+    err = {}
+    for state_map in ("signed", "unsigned"):
+        _, opt = run_optimizer("rmsprop8bit", p0, grads, lr=lr, block_wise=block_wise, state_map=state_map)
+        assert opt.param_config(0)["state_map"] == state_map
+        err[state_map] = np.median(np.abs(opt.read_state(0) - ref_s) / ref_s)
+    assert err["unsigned"] < 0.8 * err["signed"], err
+
+
+def test_state_map_values_are_checked():
+    assert qrmsprop.default_config()["state_map"] == "signed"
+    for bad in ("Unsigned", 1, "both"):
+        with pytest.raises(ValueError, match="state_map"):
+            qrmsprop.Optimizer("rmsprop8bit", state_map=bad)
+    opt = qrmsprop.Optimizer("rmsprop8bit", min_8bit_size=0)
+    p = np.zeros(300, np.float32)
+    opt.add_param(p, np.ones_like(p))
+    opt.set_param_config(0, state_map="unsigned")
+    assert opt.param_config(0)["state_map"] == "unsigned"
+    opt.step()
+    with pytest.raises(ValueError, match="state map"):  # the layout is fixed after the first step
+        opt.set_param_config(0, state_map="signed")
+
+
 def test_8bit_small_tensor_keeps_32bit_state(rng):
     opt = qrmsprop.Optimizer("rmsprop8bit")
     small = np.zeros(100, np.float32)
@@ -274,12 +303,13 @@ def test_different_optimizers_in_threads(rng):
         assert np.array_equal(r, expected)
 
 
-@pytest.mark.parametrize("variant,momentum", [("rmsprop32bit", 0.9), ("rmsprop8bit", 0.9), ("rmsprop8bit", 0.0)])
-def test_save_load_round_trip(rng, variant, momentum):
+@pytest.mark.parametrize("variant,momentum,state_map", [("rmsprop32bit", 0.9, "signed"), ("rmsprop8bit", 0.9, "signed"),
+                                                        ("rmsprop8bit", 0.0, "signed"), ("rmsprop8bit", 0.9, "unsigned")])
+def test_save_load_round_trip(rng, variant, momentum, state_map):
     n = 5000
     p = rng.standard_normal(n).astype(np.float32)
     g = np.empty_like(p)
-    cfg = dict(lr=1e-3, momentum=momentum, percentile_clipping=95)
+    cfg = dict(lr=1e-3, momentum=momentum, percentile_clipping=95, state_map=state_map)
     opt = qrmsprop.Optimizer(variant, **cfg)
     opt.add_param(p, g)
     grads = make_grads(rng, n, 10)

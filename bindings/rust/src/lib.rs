@@ -354,6 +354,17 @@ impl BF16 {
 
 // ---- configuration ---------------------------------------------------------------
 
+/// The map of 8-bit square-average state (`qrms_config.state_map`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateMap {
+    /// bitsandbytes' signed dynamic map (the default: bitsandbytes' results).
+    #[default]
+    Signed,
+    /// The unsigned dynamic map: all 256 codes for the non-negative square
+    /// average, about twice the resolution. Momentum buffers stay signed.
+    Unsigned,
+}
+
 /// Hyper-parameters, with bitsandbytes' names (SPEC section 2).
 /// `Config::default()` is the SPEC default (the same as `qrms_config_init`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -375,6 +386,9 @@ pub struct Config {
     /// found-inf flag ([`Optimizer::read_found_inf`]). Optimizer-wide: read by
     /// [`Optimizer::new`], ignored by [`Optimizer::set_param_config`].
     pub skip_nonfinite: bool,
+    /// The map of 8-bit square-average state (per parameter; 32-bit state
+    /// ignores it).
+    pub state_map: StateMap,
 }
 
 impl Default for Config {
@@ -393,6 +407,7 @@ impl Default for Config {
             max_unorm: 0.0,
             skip_zeros: false,
             skip_nonfinite: false,
+            state_map: StateMap::Signed,
         }
     }
 }
@@ -415,6 +430,14 @@ impl Config {
             max_unorm: self.max_unorm,
             skip_zeros: self.skip_zeros as i32,
             skip_nonfinite: self.skip_nonfinite as i32,
+            reserved0: 0,
+            seed: 0,
+            stochastic_rounding: 0,
+            reserved1: 0,
+            state_map: match self.state_map {
+                StateMap::Signed => sys::QRMS_MAP_SIGNED,
+                StateMap::Unsigned => sys::QRMS_MAP_UNSIGNED,
+            },
         }
     }
 
@@ -433,6 +456,7 @@ impl Config {
             max_unorm: c.max_unorm,
             skip_zeros: c.skip_zeros != 0,
             skip_nonfinite: c.skip_nonfinite != 0,
+            state_map: if c.state_map == sys::QRMS_MAP_UNSIGNED { StateMap::Unsigned } else { StateMap::Signed },
         }
     }
 

@@ -30,6 +30,10 @@ pub const QRMS_RMSPROP_32BIT: qrms_variant_t = 2;
 pub const QRMS_STATE_SQUARE_AVG: i32 = 0;
 pub const QRMS_STATE_MOMENTUM: i32 = 1;
 
+/// Values of `qrms_config::state_map`.
+pub const QRMS_MAP_SIGNED: i32 = 0;
+pub const QRMS_MAP_UNSIGNED: i32 = 1;
+
 pub const QRMS_VERSION_MAJOR: u32 = 0;
 pub const QRMS_VERSION_MINOR: u32 = 1;
 pub const QRMS_VERSION_PATCH: u32 = 0;
@@ -45,7 +49,8 @@ pub type qrms_stream_t = *mut CUstream_st;
 /// `struct qrms_config` (SPEC section 2). `struct_size` must be
 /// `size_of::<qrms_config>()`; `qrms_config_init_sized` fills the defaults.
 /// The first published struct ended with `skip_zeros`
-/// ([`QRMS_CONFIG_FIRST_SIZE`] bytes); `skip_nonfinite` was appended later.
+/// ([`QRMS_CONFIG_FIRST_SIZE`] bytes); the fields from `skip_nonfinite` on
+/// were appended later.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct qrms_config {
@@ -65,6 +70,16 @@ pub struct qrms_config {
     /// Appended after the first published struct; optimizer-wide (ignored in
     /// per-parameter configs).
     pub skip_nonfinite: i32,
+    /// Tail padding of the 72-byte layout, never read.
+    pub reserved0: i32,
+    /// Key of stochastic rounding (optimizer-wide).
+    pub seed: u64,
+    /// 1: stochastic rounding of 16-bit parameters (optimizer-wide).
+    pub stochastic_rounding: i32,
+    /// Tail padding of the 88-byte layout, never read.
+    pub reserved1: i32,
+    /// `QRMS_MAP_SIGNED` or `QRMS_MAP_UNSIGNED`: the map of 8-bit square-average state.
+    pub state_map: i32,
 }
 
 /// `struct_size` of the first published `qrms_config` (the smallest the

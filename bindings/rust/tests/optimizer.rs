@@ -2,7 +2,7 @@
 //! themselves without a device).
 use std::cell::Cell;
 
-use qrmsprop::{sys, Config, Device, Dtype, Optimizer, ParamInfo, StateKind, Status, Variant, BF16, F16};
+use qrmsprop::{sys, Config, Device, Dtype, Optimizer, ParamInfo, StateKind, StateMap, Status, Variant, BF16, F16};
 
 /// A tiny deterministic generator (no crates): xorshift64* -> N(0,1) by Box-Muller.
 struct Rng(u64);
@@ -60,7 +60,7 @@ fn config_default_is_the_library_default_and_layout_matches() {
         // The LP64 layout of the header's struct (the Python tests check the
         // same offsets against the C compiler).
         use std::mem::{offset_of, size_of};
-        assert_eq!(size_of::<sys::qrms_config>(), 72);
+        assert_eq!(size_of::<sys::qrms_config>(), 96);
         assert_eq!(sys::QRMS_CONFIG_FIRST_SIZE, 64); // the first published struct ends with skip_zeros
         assert_eq!(offset_of!(sys::qrms_config, lr), 8);
         assert_eq!(offset_of!(sys::qrms_config, centered), 28);
@@ -71,6 +71,9 @@ fn config_default_is_the_library_default_and_layout_matches() {
         assert_eq!(offset_of!(sys::qrms_config, max_unorm), 56);
         assert_eq!(offset_of!(sys::qrms_config, skip_zeros), 60);
         assert_eq!(offset_of!(sys::qrms_config, skip_nonfinite), 64);
+        assert_eq!(offset_of!(sys::qrms_config, seed), 72);
+        assert_eq!(offset_of!(sys::qrms_config, stochastic_rounding), 80);
+        assert_eq!(offset_of!(sys::qrms_config, state_map), 88);
         assert_eq!(size_of::<sys::qrms_update_params>(), 40);
     }
     let (major, minor, _) = qrmsprop::version();
@@ -239,6 +242,7 @@ fn save_load_round_trip() {
         (Variant::RMSprop32bit, Config { momentum: 0.9, ..Config::default() }),
         (Variant::RMSprop8bit, Config { momentum: 0.9, percentile_clipping: 90, ..Config::default() }),
         (Variant::RMSprop8bit, Config { block_wise: false, ..Config::default() }),
+        (Variant::RMSprop8bit, Config { momentum: 0.9, state_map: StateMap::Unsigned, ..Config::default() }),
     ] {
         let n = 5000;
         let mut rng = Rng(99);
@@ -286,6 +290,31 @@ fn save_load_round_trip() {
         assert_eq!(opt2.read_state(0, StateKind::SquareAvg).unwrap(), before);
         assert_eq!(opt2.get_step(0).unwrap(), 10);
     }
+}
+
+#[test]
+fn unsigned_state_map_is_kept_per_parameter_and_changes_the_state() {
+    let n = 4096;
+    let mut rng = Rng(7);
+    let grads: Vec<Vec<f32>> = (0..5).map(|_| rng.vec(n)).collect();
+    let p0 = rng.vec(n);
+    let run = |state_map: StateMap| {
+        let mut p = p0.clone();
+        let mut g = vec![0.0f32; n];
+        let (pc, gc) = (cells(&mut p), cells(&mut g));
+        let cfg = Config { state_map, ..Config::default() };
+        let mut opt = Optimizer::new(Variant::RMSprop8bit, &cfg, Device::Cpu).unwrap();
+        opt.add_param(pc, Some(gc)).unwrap();
+        for gr in &grads {
+            gc.iter().zip(gr).for_each(|(c, x)| c.set(*x));
+            opt.step().unwrap();
+        }
+        assert_eq!(opt.param_config(0).unwrap().state_map, state_map);
+        opt.read_state(0, StateKind::SquareAvg).unwrap()
+    };
+    let (s, u) = (run(StateMap::Signed), run(StateMap::Unsigned));
+    assert!(s.iter().zip(&u).any(|(a, b)| a != b));
+    assert!(u.iter().all(|x| *x >= 0.0));
 }
 
 #[test]

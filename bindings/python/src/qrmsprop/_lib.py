@@ -45,6 +45,9 @@ RMSPROP_32BIT = 2
 STATE_SQUARE_AVG = 0
 STATE_MOMENTUM = 1
 
+MAP_SIGNED = 0
+MAP_UNSIGNED = 1
+
 REDUCE_SUM = 0
 REDUCE_MAX = 1
 
@@ -81,6 +84,9 @@ class qrms_config(ctypes.Structure):
         ("reserved0", ctypes.c_int32),
         ("seed", ctypes.c_uint64),
         ("stochastic_rounding", ctypes.c_int32),
+        # reserved1 is the tail padding of the 88-byte layout, never read.
+        ("reserved1", ctypes.c_int32),
+        ("state_map", ctypes.c_int32),  # MAP_SIGNED / MAP_UNSIGNED (the 'state_map' optimizer key)
     ]
 
 

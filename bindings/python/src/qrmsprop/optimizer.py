@@ -28,6 +28,7 @@ CONFIG_KEYS = (
     "max_unorm",
     "skip_zeros",
     "skip_nonfinite",
+    "state_map",
 )
 _BOOL_KEYS = ("centered", "block_wise", "skip_zeros", "skip_nonfinite")
 # Optimizer-wide keys: read by qrms_optimizer_create, ignored in per-parameter configs.
@@ -37,6 +38,8 @@ ParamInfo = namedtuple("ParamInfo", "numel dtype state_bits")
 ParamInfo.__doc__ = """What a parameter is: numel, dtype ('float32', 'float16' or 'bfloat16') and the
 precision of its state (8 or 32 bits)."""
 _STATES = {"square_avg": _lib.STATE_SQUARE_AVG, "momentum": _lib.STATE_MOMENTUM}
+# state_map: the map of 8-bit square-average state, by name.
+_STATE_MAPS = {"signed": _lib.MAP_SIGNED, "unsigned": _lib.MAP_UNSIGNED}
 
 
 def default_config():
@@ -48,6 +51,8 @@ def config_to_dict(c):
     d = {k: getattr(c, k) for k in CONFIG_KEYS}
     for k in _BOOL_KEYS:
         d[k] = bool(d[k])
+    names = {v: k for k, v in _STATE_MAPS.items()}
+    d["state_map"] = names.get(d["state_map"], d["state_map"])
     return d
 
 
@@ -62,6 +67,13 @@ def make_config(**values):
             continue
         if k in _BOOL_KEYS:
             v = 1 if v else 0
+        elif k == "state_map":
+            if v not in _STATE_MAPS:
+                raise ValueError("state_map must be one of %s, got %r" % (", ".join(_STATE_MAPS), v))
+            v = _STATE_MAPS[v]
+            if v and c.struct_size <= _lib.qrms_config.state_map.offset:
+                raise NotImplementedError("state_map needs a newer libqrmsprop (its qrms_config has no "
+                                          "state_map field)")
         elif k in ("optim_bits", "min_8bit_size", "percentile_clipping"):
             if isinstance(v, bool) or int(v) != v:
                 raise ValueError("%s must be an integer, got %r" % (k, v))
@@ -97,7 +109,10 @@ class Optimizer:
     'rmsprop32bit' (optim_bits fixed). device: 'cpu', 'cuda' or 'cuda:N'.
     config: bitsandbytes' names (lr, alpha, eps, weight_decay, momentum,
     centered, optim_bits, min_8bit_size, percentile_clipping, block_wise,
-    max_unorm, skip_zeros); unspecified ones take the SPEC defaults.
+    max_unorm, skip_zeros), and state_map ('signed', the default, or
+    'unsigned': 8-bit square-average state on the unsigned dynamic map, about
+    twice the resolution; momentum buffers stay signed); unspecified ones
+    take the SPEC defaults.
 
     skip_nonfinite=True: a step whose gradients (times the unscale factor of
     set_grad_unscale, if any) hold an inf or NaN changes nothing, for every
