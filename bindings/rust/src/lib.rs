@@ -386,6 +386,13 @@ pub struct Config {
     /// found-inf flag ([`Optimizer::read_found_inf`]). Optimizer-wide: read by
     /// [`Optimizer::new`], ignored by [`Optimizer::set_param_config`].
     pub skip_nonfinite: bool,
+    /// The final rounding of a float16 / bfloat16 parameter is
+    /// unbiased-stochastic instead of to nearest even, with random bits from
+    /// Philox keyed by `seed`, the step and the element's index: reproducible,
+    /// and the same on the CPU and a GPU. Optimizer-wide, as `skip_nonfinite`.
+    pub stochastic_rounding: bool,
+    /// Key of the stochastic rounding generator (any value).
+    pub seed: u64,
     /// The map of 8-bit square-average state (per parameter; 32-bit state
     /// ignores it).
     pub state_map: StateMap,
@@ -407,6 +414,8 @@ impl Default for Config {
             max_unorm: 0.0,
             skip_zeros: false,
             skip_nonfinite: false,
+            stochastic_rounding: false,
+            seed: 0,
             state_map: StateMap::Signed,
         }
     }
@@ -431,8 +440,8 @@ impl Config {
             skip_zeros: self.skip_zeros as i32,
             skip_nonfinite: self.skip_nonfinite as i32,
             reserved0: 0,
-            seed: 0,
-            stochastic_rounding: 0,
+            seed: self.seed,
+            stochastic_rounding: self.stochastic_rounding as i32,
             reserved1: 0,
             state_map: match self.state_map {
                 StateMap::Signed => sys::QRMS_MAP_SIGNED,
@@ -456,6 +465,8 @@ impl Config {
             max_unorm: c.max_unorm,
             skip_zeros: c.skip_zeros != 0,
             skip_nonfinite: c.skip_nonfinite != 0,
+            stochastic_rounding: c.stochastic_rounding != 0,
+            seed: c.seed,
             state_map: if c.state_map == sys::QRMS_MAP_UNSIGNED { StateMap::Unsigned } else { StateMap::Signed },
         }
     }

@@ -610,3 +610,42 @@ fn grad_unscale_multiplies_the_grads() {
     // SAFETY: null removes the factor.
     unsafe { opt.set_grad_unscale_raw(std::ptr::null()).unwrap() };
 }
+
+#[test]
+fn stochastic_rounding_of_bf16_params_is_keyed_by_the_seed() {
+    // Small updates on bf16 weights: round-to-nearest loses most of them;
+    // stochastic rounding keeps their mean. The same seed gives the same
+    // bits, another seed other bits.
+    let n = 4096;
+    let run = |cfg: &Config| -> Vec<u16> {
+        let mut p = vec![BF16::from_f32(1.0); n];
+        let mut g = vec![BF16::from_f32(1.0); n];
+        let (pc, gc) = (cells(&mut p), cells(&mut g));
+        let mut opt = Optimizer::new(Variant::RMSprop, cfg, Device::Cpu).unwrap();
+        opt.add_param(pc, Some(gc)).unwrap();
+        let got = opt.param_config(0).unwrap();
+        assert_eq!((got.stochastic_rounding, got.seed), (cfg.stochastic_rounding, cfg.seed));
+        for _ in 0..20 {
+            opt.step().unwrap();
+        }
+        drop(opt);
+        p.iter().map(|x| x.0).collect()
+    };
+    // With lr 1e-4 and a constant gradient the updates are 1e-3 and less,
+    // below half of bf16's spacing under 1 (2^-9).
+    let nearest = Config { lr: 1e-4, ..Config::default() };
+    let sr = Config { lr: 1e-4, stochastic_rounding: true, seed: 42, ..Config::default() };
+    let a = run(&sr);
+    assert_eq!(a, run(&sr));
+    assert_ne!(a, run(&Config { seed: 43, ..sr }));
+    let mean = |v: &[u16]| v.iter().map(|&b| BF16(b).to_f32() as f64).sum::<f64>() / v.len() as f64;
+    // The exact trajectory, in f32 (the same for every element):
+    let mut rp = vec![1.0f32; 1];
+    let (mut rs, mut rb) = (vec![0.0f32; 1], vec![0.0f32; 1]);
+    for _ in 0..20 {
+        reference(&mut rp, &mut rs, &mut rb, &[1.0], &sr);
+    }
+    let exact = rp[0] as f64;
+    assert_eq!(mean(&run(&nearest)), 1.0); // every update below half a spacing: lost
+    assert!((mean(&a) - exact).abs() < 0.1 * (1.0 - exact), "{} vs {}", mean(&a), exact);
+}
