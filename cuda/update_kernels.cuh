@@ -2,13 +2,14 @@
 // dtype T and the state kind K only; every option (momentum, weight decay,
 // skip_zeros, clipping, max_unorm) is a runtime value of the tensor's
 // TensorMeta. Each kind's instantiations live in their own .cu file
-// (update_32bit.cu, update_blockwise8.cu, update_tensor8.cu) so they compile
-// in parallel.
+// (update_32bit.cu, update_blockwise8.cu, update_tensor8.cu,
+// update_blockwise4.cu) so they compile in parallel.
 //
 // Walk: the grid strides over the global chunks of the launch table; block b
 // takes chunks b, b + gridDim.x, ... Thread t of a block owns elements
 // [chunk * 2048 + 8t, +8) of its chunk's tensor, so warp w owns exactly the
-// quantization block chunk * 8 + w.
+// quantization block chunk * 8 + w (4-bit: its half-warps own the blocks of
+// 128 chunk * 16 + 2w and + 2w + 1).
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -32,8 +33,13 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
   __shared__ Quantizer quant;
+  __shared__ math::Map4 maps4[2];
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) load_quantizer(args.qmap, quant);
+  if constexpr (K == StateKind::Blockwise8 || K == StateKind::Tensor8) load_quantizer(args.qmap, quant);
+  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4);
+  // Each buffer's map: 4-bit state has one of its own per buffer.
+  const float *map1 = K == StateKind::Blockwise4 ? maps4[0].v : quant.qmap;
+  const float *map2 = K == StateKind::Blockwise4 ? maps4[1].v : quant.qmap;
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   const int lane = int(threadIdx.x) % 32;
@@ -48,7 +54,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
     // Block-wise: the warp computes its block's absmax together, so it goes on
     // as a whole while its first element exists.
-    const int64_t first = K == StateKind::Blockwise8 ? i0 - int64_t(lane) * kVec : i0;
+    const int64_t first = K == StateKind::Blockwise8 || K == StateKind::Blockwise4 ? i0 - int64_t(lane) * kVec : i0;
     if (first >= m.n) continue;
 
     const math::Hyper h = m.hp;
@@ -62,8 +68,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     float s[kVec], b[kVec] = {};
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
-    load_state<K>(m.state1, m.scale1, quant.qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, quant.qmap, i0, m.n, vec, b);
+    load_state<K>(m.state1, m.scale1, map1, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, map2, i0, m.n, vec, b);
 
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
@@ -78,8 +84,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     }
 
     store8(static_cast<T *>(m.param), i0, m.n, vec, p);
-    store_state<K>(m.state1, m.scale1, quant, i0, m.n, vec, s);
-    if (mom) store_state<K>(m.state2, m.scale2, quant, i0, m.n, vec, b);
+    store_state<K>(m.state1, m.scale1, quant, map1, i0, m.n, vec, s);
+    if (mom) store_state<K>(m.state2, m.scale2, quant, map2, i0, m.n, vec, b);
   }
 }
 
@@ -128,9 +134,13 @@ template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_constant__ UpdateBatch args) {
   __shared__ float qmap[256];
   __shared__ uint8_t zero;
+  __shared__ math::Map4 maps4[2];
   __shared__ typename PartialReduce::TempStorage tmp;
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) load_qmap(args.qmap, qmap, zero);
+  if constexpr (K == StateKind::Blockwise8 || K == StateKind::Tensor8) load_qmap(args.qmap, qmap, zero);
+  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4);
+  const float *map1 = K == StateKind::Blockwise4 ? maps4[0].v : qmap;
+  const float *map2 = K == StateKind::Blockwise4 ? maps4[1].v : qmap;
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   Partial acc{0.0, 0.0, 0.0f, 0.0f};
@@ -155,8 +165,8 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_cons
     float s[kVec], b[kVec] = {};
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
-    load_state<K>(m.state1, m.scale1, qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, qmap, i0, m.n, vec, b);
+    load_state<K>(m.state1, m.scale1, map1, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, map2, i0, m.n, vec, b);
 
     float u_sumsq = 0.0f, p_sumsq = 0.0f;
 #pragma unroll
