@@ -120,6 +120,27 @@ TEST_CASE("4-bit state: two codes per byte, low nibble first, nothing written pa
   }
 }
 
+TEST_CASE("4-bit codes: element 2i in the low nibble, 2i + 1 in the high one", "[4bit]") {
+  // One step from zero state with |g| 1 at even elements and 1e-3 at odd
+  // ones: s is 0.1 (the block's absmax, code 15) and 1e-7 (code 0), so every
+  // byte of s is 0x0F; for an odd count the last one holds one code.
+  const int64_t n = GENERATE(int64_t(256), int64_t(301));
+  qrms::Args args;
+  args.min_8bit_size = 0;
+  qrms::RMSprop4bit opt(1e-3f, 0.9f, 1e-8f, 0.0f, 0.0f, false, args);
+  std::vector<float> p(static_cast<size_t>(n), 0.0f), g(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) g[static_cast<size_t>(i)] = i % 2 == 0 ? 1.0f : -1e-3f;
+  opt.add_param(p.data(), g.data(), qrms::Dtype::Float32, n);
+  opt.step();
+  const std::vector<uint8_t> blob = opt.save();
+  const size_t codes = 32 + 92 + 8;  // header, record fields, the buffer's byte count (docs/state-format.md)
+  REQUIRE(blob.size() > codes + static_cast<size_t>((n + 1) / 2));
+  for (int64_t k = 0; k < (n + 1) / 2; ++k) {
+    INFO("byte " << k);
+    CHECK(int(blob[codes + static_cast<size_t>(k)]) == 0x0F);
+  }
+}
+
 TEST_CASE("4-bit square average never reads back as 0 (the zero-point problem)", "[4bit]") {
   // One block holds one huge gradient and tiny ones: with a map that had a
   // zero, the tiny elements' square average would read back as 0 and their
