@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Quality of the 8-bit state: runs the example trainer (examples/train_mlp.c:
-# a 2-128-128-3 MLP on three spirals, trained with RMSprop32bit, RMSprop8bit
-# block-wise and RMSprop8bit per-tensor from the same initial weights and
-# batches) over several seeds and prints, per variant, the final loss and the
-# accuracies (mean, standard deviation, min, max) and the paired difference of
-# each 8-bit variant's final loss to the 32-bit one of the same seed.
+# Quality of the quantized state: runs the example trainer
+# (examples/train_mlp.c: a 2-128-128-3 MLP on three spirals, trained with
+# RMSprop32bit, RMSprop8bit block-wise, RMSprop8bit per-tensor and RMSprop4bit
+# from the same initial weights and batches) over several seeds and prints,
+# per variant, the final loss and the accuracies (mean, standard deviation,
+# min, max) and the paired difference of each quantized variant's final loss
+# to the 32-bit one of the same seed.
 #
 #   bash bench/quality.sh [--seeds N] [--steps N] [--device cpu|cuda]
 #                         [--weights f32,bf16,bf16-sr] [--bin path/to/train_mlp]

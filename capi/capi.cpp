@@ -205,8 +205,10 @@ qrms_status_t qrms_optimizer_create(qrms_optimizer_t *out, qrms_variant_t varian
     qrms::Config c = qrms::config_from_c(cfg);
     if (variant == QRMS_RMSPROP_8BIT) c.optim_bits = 8;
     else if (variant == QRMS_RMSPROP_32BIT) c.optim_bits = 32;
+    else if (variant == QRMS_RMSPROP_4BIT) c.optim_bits = 4;
     else require(variant == QRMS_RMSPROP, "invalid variant " + std::to_string(variant) +
-                                              " (QRMS_RMSPROP 0, QRMS_RMSPROP_8BIT 1, QRMS_RMSPROP_32BIT 2)");
+                                              " (QRMS_RMSPROP 0, QRMS_RMSPROP_8BIT 1, QRMS_RMSPROP_32BIT 2, "
+                                              "QRMS_RMSPROP_4BIT 3)");
     require(device == QRMS_DEVICE_CPU || device == QRMS_DEVICE_CUDA,
             "invalid device " + std::to_string(device) + " (QRMS_DEVICE_CPU 0, QRMS_DEVICE_CUDA 1)");
     auto handle = std::make_unique<qrms_optimizer_s>();
@@ -327,7 +329,7 @@ qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t index, int
     const int64_t n = o.numel(index);  // checks the index first
     if (numel_out) *numel_out = n;
     if (dtype_out) *dtype_out = static_cast<qrms_dtype_t>(o.dtype(index));
-    if (state_bits_out) *state_bits_out = o.is_8bit(index) ? 8 : 32;
+    if (state_bits_out) *state_bits_out = o.state_bits(index);
   });
 }
 

@@ -92,6 +92,9 @@ void dispatch_kind(StateKind kind, const Fn &fn) {
     case StateKind::Tensor8:
       fn(KindTag<StateKind::Tensor8>{});
       return;
+    case StateKind::Blockwise4:
+      fn(KindTag<StateKind::Blockwise4>{});
+      return;
   }
   throw Error(QRMS_ERROR_INTERNAL, "CUDA backend: unknown state kind " + std::to_string(int(kind)));
 }
@@ -120,7 +123,7 @@ class CudaBackend final : public Backend {
     for (Dtype d : {Dtype::Float32, Dtype::Float16, Dtype::BFloat16}) {
       dispatch_dtype(d, [&](auto dtag) {
         using T = decltype(dtag);
-        for (StateKind k : {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8}) {
+        for (StateKind k : {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8, StateKind::Blockwise4}) {
           dispatch_kind(k, [&](auto ktag) {
             constexpr StateKind K = decltype(ktag)::value;
             measure_occupancy(gpu::update_kernel<T, K>());
@@ -210,7 +213,8 @@ class CudaBackend final : public Backend {
   void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count, const float *qmap,
               const StepControl &ctl, void *stream) override {
     if (count == 0) return;
-    if (kind != StateKind::Float32 && !qmap) throw Error(QRMS_ERROR_INTERNAL, "CUDA update: 8-bit state without qmap");
+    if ((kind == StateKind::Blockwise8 || kind == StateKind::Tensor8) && !qmap)
+      throw Error(QRMS_ERROR_INTERNAL, "CUDA update: 8-bit state without qmap");
     for (size_t i = 0; i < count; ++i) check_tensor(kind, tensors[i]);
     DeviceGuard guard(device_);
     std::lock_guard<std::mutex> lock(mutex_);
@@ -393,7 +397,8 @@ class CudaBackend final : public Backend {
     m.n = t.n;
     m.hp = t.hp;
     // 8 elements per thread: 16-byte accesses of params/grads/float state,
-    // 8-byte accesses of codes; chunk offsets keep the base alignment.
+    // 8-byte accesses of codes (4 bytes of 4-bit codes); chunk offsets keep
+    // the base alignment.
     const uintptr_t state_align = kind == StateKind::Float32 ? 16 : 8;
     m.vec = (dtype_size(dtype) * gpu::kVec % 16 == 0 && aligned(t.param, 16) && aligned(t.grad, 16) &&
              aligned(t.state1, state_align) && (!t.state2 || aligned(t.state2, state_align)))
@@ -467,7 +472,7 @@ class CudaBackend final : public Backend {
     const void *kernel;
     int blocks_per_sm;
   };
-  Occupancy occupancy_[32] = {};
+  Occupancy occupancy_[48] = {};
   int occupancy_count_ = 0;
   // Launch tables (~32 KB each) are filled here rather than on the stack;
   // cudaLaunchKernel copies them, so the mutex only covers the filling.

@@ -107,6 +107,17 @@ QRMS_DEV void load_quantizer(const float *qmap_global, Quantizer &q) {
   }
 }
 
+// The two 16-entry maps of 4-bit state into shared memory: [0] the square
+// average's, [1] the momentum buffer's. Every thread of the block must call it.
+QRMS_DEV void load_maps4(math::Map4 (&maps)[2]) {
+  const int t = int(threadIdx.x);
+  if (t < math::kCodes4) {
+    maps[0].v[t] = math::square_map4().v[t];
+    maps[1].v[t] = math::momentum_map4().v[t];
+  }
+  __syncthreads();
+}
+
 // The search for maps without a coder, out of line: it keeps the update
 // loops' code and registers those of the coder.
 static __device__ __noinline__ uint8_t quantize_search(const Quantizer &q, float v, float a) {
@@ -120,12 +131,26 @@ QRMS_DEV uint8_t quantize(const Quantizer &q, float v, float a) {
 
 // ---- state of one thread's 8 elements ----------------------------------------
 
-// The old state as floats (SPEC 4: value = qmap[code] * scale).
+// The old state as floats (SPEC 4: value = qmap[code] * scale; 4-bit state:
+// qmap is the buffer's 16-entry map, and the thread's 8 codes are 4 bytes).
 template <StateKind K>
 QRMS_DEV void load_state(const void *state, const float *scale, const float *qmap, int64_t i0, int64_t n, bool vec,
                          float (&s)[kVec]) {
   if constexpr (K == StateKind::Float32) {
     load8(static_cast<const float *>(state), i0, n, vec, s);
+  } else if constexpr (K == StateKind::Blockwise4) {
+    const uint8_t *codes = static_cast<const uint8_t *>(state) + i0 / 2;
+    uint8_t c[kVec / 2];
+    if (vec && i0 + kVec <= n) {
+      const uint32_t w = *reinterpret_cast<const uint32_t *>(codes);
+      memcpy(c, &w, sizeof(c));
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec / 2; ++k) c[k] = i0 + 2 * k < n ? codes[k] : uint8_t(0);
+    }
+    const float a = i0 < n ? scale[i0 / math::kBlockSize4] : 0.0f;  // a block past n has no absmax
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) s[j] = math::dequantize(qmap, uint8_t((c[j / 2] >> (4 * (j & 1))) & 15), a);
   } else {
     uint8_t c[kVec];
     load8(static_cast<const uint8_t *>(state), i0, n, vec, c);
@@ -135,22 +160,50 @@ QRMS_DEV void load_state(const void *state, const float *scale, const float *qma
   }
 }
 
-// Max over the 32 lanes, returned to every lane (max is exact: any order gives
-// the bits of the CPU's sequential max).
+// Max over each group of `Lanes` consecutive lanes (32: the warp), returned
+// to every lane of the group; all 32 lanes must call it (max is exact: any
+// order gives the bits of the CPU's sequential max).
+template <int Lanes = 32>
 QRMS_DEV float warp_max(float v) {
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) v = math::nan_max(v, __shfl_xor_sync(0xffffffffu, v, offset));
+  for (int offset = Lanes / 2; offset > 0; offset >>= 1) v = math::nan_max(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 
 // The new state back to memory. Blockwise8: the calling warp holds one whole
 // quantization block (all 32 lanes must call), computes its absmax over the
 // elements below n and stores it. Tensor8: quantizes against new_max1 = scale[1].
+// Blockwise4: the same per half-warp (a block of 128) with the 16-entry map4;
+// a code past n is 0 (an odd tensor's last high nibble).
 template <StateKind K>
-QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, int64_t i0, int64_t n, bool vec,
-                          const float (&s)[kVec]) {
+QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, const float *map4, int64_t i0, int64_t n,
+                          bool vec, const float (&s)[kVec]) {
   if constexpr (K == StateKind::Float32) {
     store8(static_cast<float *>(state), i0, n, vec, s);
+  } else if constexpr (K == StateKind::Blockwise4) {
+    float m = 0.0f;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j)
+      if (i0 + j < n) m = math::nan_max(m, fabsf(s[j]));
+    const float a = warp_max<16>(m);
+    if (threadIdx.x % 16 == 0 && i0 < n) scale[i0 / math::kBlockSize4] = a;
+    uint8_t c[kVec / 2];
+#pragma unroll
+    for (int k = 0; k < kVec / 2; ++k) {
+      const uint8_t lo = math::quantize4(map4, s[2 * k], a);
+      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4(map4, s[2 * k + 1], a) : uint8_t(0);
+      c[k] = math::pack4(lo, hi);
+    }
+    uint8_t *codes = static_cast<uint8_t *>(state) + i0 / 2;
+    if (vec && i0 + kVec <= n) {
+      uint32_t w;
+      memcpy(&w, c, sizeof(w));
+      *reinterpret_cast<uint32_t *>(codes) = w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < kVec / 2; ++k)
+        if (i0 + 2 * k < n) codes[k] = c[k];
+    }
   } else {
     float a;
     if constexpr (K == StateKind::Blockwise8) {

@@ -2,13 +2,14 @@
 // dtype T and the state kind K only; every option (momentum, weight decay,
 // skip_zeros, clipping, max_unorm) is a runtime value of the tensor's
 // TensorMeta. Each kind's instantiations live in their own .cu file
-// (update_32bit.cu, update_blockwise8.cu, update_tensor8.cu) so they compile
-// in parallel.
+// (update_32bit.cu, update_blockwise8.cu, update_tensor8.cu,
+// update_blockwise4.cu) so they compile in parallel.
 //
 // Walk: the grid strides over the global chunks of the launch table; block b
 // takes chunks b, b + gridDim.x, ... Thread t of a block owns elements
 // [chunk * 2048 + 8t, +8) of its chunk's tensor, so warp w owns exactly the
-// quantization block chunk * 8 + w.
+// quantization block chunk * 8 + w (4-bit: its half-warps own the blocks of
+// 128 chunk * 16 + 2w and + 2w + 1).
 #pragma once
 
 #include <cub/block/block_reduce.cuh>
@@ -31,12 +32,16 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 // quantized against new_max1 found by reduce_kernel).
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ Quantizer quant, bquant;  // the square average's map, the momentum buffer's
+  __shared__ Quantizer quant, bquant;  // 8-bit: the square average's map, the momentum buffer's
+  __shared__ math::Map4 maps4[2];      // 4-bit: the same two, fixed
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) {
+  if constexpr (K == StateKind::Blockwise8 || K == StateKind::Tensor8) {
     load_quantizer(args.qmap, quant);
     load_quantizer(args.momentum_qmap, bquant);
   }
+  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4);
+  const float *map1 = K == StateKind::Blockwise4 ? maps4[0].v : quant.qmap;
+  const float *map2 = K == StateKind::Blockwise4 ? maps4[1].v : bquant.qmap;
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   const int lane = int(threadIdx.x) % 32;
@@ -51,7 +56,7 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
     // Block-wise: the warp computes its block's absmax together, so it goes on
     // as a whole while its first element exists.
-    const int64_t first = K == StateKind::Blockwise8 ? i0 - int64_t(lane) * kVec : i0;
+    const int64_t first = K == StateKind::Blockwise8 || K == StateKind::Blockwise4 ? i0 - int64_t(lane) * kVec : i0;
     if (first >= m.n) continue;
 
     const math::Hyper h = m.hp;
@@ -65,8 +70,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     float s[kVec], b[kVec] = {};
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
-    load_state<K>(m.state1, m.scale1, quant.qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, bquant.qmap, i0, m.n, vec, b);
+    load_state<K>(m.state1, m.scale1, map1, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, map2, i0, m.n, vec, b);
 
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
@@ -81,8 +86,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     }
 
     store8(static_cast<T *>(m.param), i0, m.n, vec, p);
-    store_state<K>(m.state1, m.scale1, quant, i0, m.n, vec, s);
-    if (mom) store_state<K>(m.state2, m.scale2, bquant, i0, m.n, vec, b);
+    store_state<K>(m.state1, m.scale1, quant, map1, i0, m.n, vec, s);
+    if (mom) store_state<K>(m.state2, m.scale2, bquant, map2, i0, m.n, vec, b);
   }
 }
 
@@ -129,14 +134,18 @@ QRMS_DEV void flush_partial(const TensorMeta &m, const Partial &acc, typename Pa
 // per block, not one per chunk.
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ float qmap[256], bqmap[256];  // the square average's map, the momentum buffer's
+  __shared__ float qmap[256], bqmap[256];  // 8-bit: the square average's map, the momentum buffer's
   __shared__ uint8_t zero, bzero;
+  __shared__ math::Map4 maps4[2];  // 4-bit: the same two, fixed
   __shared__ typename PartialReduce::TempStorage tmp;
   if (args.skip && *args.skip) return;
-  if constexpr (K != StateKind::Float32) {
+  if constexpr (K == StateKind::Blockwise8 || K == StateKind::Tensor8) {
     load_qmap(args.qmap, qmap, zero);
     load_qmap(args.momentum_qmap, bqmap, bzero);
   }
+  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4);
+  const float *map1 = K == StateKind::Blockwise4 ? maps4[0].v : qmap;
+  const float *map2 = K == StateKind::Blockwise4 ? maps4[1].v : bqmap;
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   Partial acc{0.0, 0.0, 0.0f, 0.0f};
@@ -161,8 +170,8 @@ __global__ void __launch_bounds__(kThreads) reduce_kernel_impl(const __grid_cons
     float s[kVec], b[kVec] = {};
     load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
     load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
-    load_state<K>(m.state1, m.scale1, qmap, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, bqmap, i0, m.n, vec, b);
+    load_state<K>(m.state1, m.scale1, map1, i0, m.n, vec, s);
+    if (mom) load_state<K>(m.state2, m.scale2, map2, i0, m.n, vec, b);
 
     float u_sumsq = 0.0f, p_sumsq = 0.0f;
 #pragma unroll

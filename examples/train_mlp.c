@@ -5,11 +5,12 @@
  * generated from a fixed-seed PRNG. Model: 2 -> 128 (ReLU) -> 128 (ReLU) -> 3,
  * softmax cross-entropy; forward and backward written out by hand below.
  *
- * The same initial weights and the same minibatch order are trained three
- * times, with RMSprop32bit, RMSprop8bit (block-wise state) and RMSprop8bit
- * with per-tensor state (block_wise = 0). With the default min_8bit_size of
- * 4096 only W2 (128 x 128 = 16384 elements) gets 8-bit state; W1 (256), W3
- * (384) and the biases are smaller and keep 32-bit state, as in bitsandbytes.
+ * The same initial weights and the same minibatch order are trained four
+ * times, with RMSprop32bit, RMSprop8bit (block-wise state), RMSprop8bit
+ * with per-tensor state (block_wise = 0) and RMSprop4bit (4-bit state). With
+ * the default min_8bit_size of 4096 only W2 (128 x 128 = 16384 elements) gets
+ * 8-bit (or 4-bit) state; W1 (256), W3 (384) and the biases are smaller and
+ * keep 32-bit state, as in bitsandbytes.
  *
  * Usage: train_mlp [--steps N] [--seed S] [--lr X] [--batch B]
  *                  [--weights f32|bf16|bf16-sr] [--state-map signed|unsigned]
@@ -565,6 +566,7 @@ int main(int argc, char **argv) {
       {"RMSprop32bit", QRMS_RMSPROP_32BIT, 1},
       {"RMSprop8bit blockwise", QRMS_RMSPROP_8BIT, 1},
       {"RMSprop8bit per-tensor", QRMS_RMSPROP_8BIT, 0},
+      {"RMSprop4bit", QRMS_RMSPROP_4BIT, 1},
   };
   enum { N_VARIANTS = sizeof(variants) / sizeof(variants[0]) };
   static dataset_t train_set, test_set;
@@ -609,7 +611,7 @@ int main(int argc, char **argv) {
            N_TRAIN, N_TEST, H1, H2, o.batch, o.steps, (double)o.lr, (unsigned long long)o.seed);
     printf("weights the optimizer updates: %s; 8-bit square averages on the %s map\n", weights_name[o.weights],
            o.state_map == QRMS_MAP_UNSIGNED ? "unsigned" : "signed");
-    printf("8-bit variants: 8-bit state for");
+    printf("8-bit and 4-bit variants: quantized state for");
     for (t = 0; t < N_TENSORS; ++t)
       if (tensor_numel[t] >= defaults.min_8bit_size) printf(" %s (%lld)", tensor_name[t], (long long)tensor_numel[t]);
     printf("; 32-bit state (fewer than min_8bit_size = %lld elements) for", (long long)defaults.min_8bit_size);

@@ -32,6 +32,7 @@ BIN="$(dirname "$(ls "$VENV"/lib/python3*/site-packages/nvidia/cu*/bin/nvdisasm 
 OUT="$DIR/$(basename "$SRC")-$(git -C "$SRC" rev-parse --short HEAD 2>/dev/null || echo src)"
 mkdir -p "$OUT"
 files=(cuda/update_32bit.cu cuda/update_blockwise8.cu cuda/update_tensor8.cu)
+[ -f "$SRC/cuda/update_blockwise4.cu" ] && files+=(cuda/update_blockwise4.cu)
 [ -f "$SRC/bench/quant_probe.cu" ] && files+=(bench/quant_probe.cu)
 args=()
 for f in "${files[@]}"; do

@@ -27,12 +27,12 @@ ISSUE = 132 * 4 * 1.7e9 * 32  # thread-instructions per second
 BUS = 4.3e12                  # bytes per second
 DTYPE_BYTES = {"float": 4, "qrms::math::half_t": 2, "qrms::math::bf16_t": 2}
 DTYPE_NAME = {"float": "f32", "qrms::math::half_t": "f16", "qrms::math::bf16_t": "bf16"}
-KIND = {"0": "32bit", "1": "8bit_blockwise", "2": "8bit_tensor"}
+KIND = {"0": "32bit", "1": "8bit_blockwise", "2": "8bit_tensor", "3": "4bit"}
 
 
 def bytes_per_element(dtype, kind, momentum):
     d = DTYPE_BYTES[dtype]
-    state = {"32bit": 8.0, "8bit_blockwise": 2.0 + 8.0 / 256, "8bit_tensor": 2.0}[kind]
+    state = {"32bit": 8.0, "8bit_blockwise": 2.0 + 8.0 / 256, "8bit_tensor": 2.0, "4bit": 1.0 + 8.0 / 128}[kind]
     return 3 * d + state * (2 if momentum else 1)
 
 

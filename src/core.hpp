@@ -20,6 +20,7 @@ enum class StateKind : int32_t {
   Float32 = 0,      // s, b: n floats
   Blockwise8 = 1,   // s, b: n codes + ceil(n/256) absmax floats
   Tensor8 = 2,      // s, b: n codes + 2 floats {max1, new_max1}
+  Blockwise4 = 3,   // s, b: ceil(n/2) bytes of 4-bit codes + ceil(n/128) absmax floats
 };
 
 // One tensor of a (multi-tensor) update. All pointers are device pointers.
@@ -109,7 +110,8 @@ class Backend {
 
   // Every tensor in `tensors` has state kind `kind` and params/grads of
   // `dtype`. qmap: 256 device floats (8-bit kinds only), the map of the square
-  // averages (of the momentum buffers too unless ctl.momentum_qmap).
+  // averages (of the momentum buffers too unless ctl.momentum_qmap); 4-bit
+  // state uses the fixed maps of math::square_map4 and math::momentum_map4.
   virtual void update(StateKind kind, Dtype dtype, const TensorUpdate *tensors, size_t count,
                       const float *qmap, const StepControl &ctl, void *stream) = 0;
   // Percentile clipping for `count` gradients of `dtype`.
@@ -164,6 +166,8 @@ std::string counted(int64_t n, const char *noun);
 
 // Number of 256-element blocks of an n-element tensor.
 inline int64_t num_blocks(int64_t n) { return (n + math::kBlockSize - 1) / math::kBlockSize; }
+// Number of 128-element blocks (4-bit state).
+inline int64_t num_blocks4(int64_t n) { return (n + math::kBlockSize4 - 1) / math::kBlockSize4; }
 
 }  // namespace core
 }  // namespace qrms

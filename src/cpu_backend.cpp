@@ -232,19 +232,43 @@ void encode(const math::DynamicCoder &coder, const float *s, float a, uint8_t *c
   encode_base(coder, s, a, codes, len);
 }
 
+// 4-bit state of elements [i0, i0 + len) of a tensor (i0 a multiple of 128):
+// floats from codes, and codes (with one absmax per 128 elements) from floats.
+void decode4(const float *map, const uint8_t *codes, const float *absmax, int64_t i0, int64_t len, float *out) {
+  for (int64_t k = 0; k < len; ++k)
+    out[k] = math::dequantize(map, math::code4(codes, i0 + k), absmax[(i0 + k) / math::kBlockSize4]);
+}
+void encode4(const float *map, const float *s, int64_t i0, int64_t len, uint8_t *codes, float *absmax) {
+  for (int64_t off = 0; off < len; off += math::kBlockSize4) {
+    const int64_t sub = std::min(math::kBlockSize4, len - off);
+    const float a = abs_max(s + off, sub);
+    absmax[(i0 + off) / math::kBlockSize4] = a;
+    for (int64_t k = off; k < off + sub; k += 2) {
+      const uint8_t lo = math::quantize4(map, s[k], a);
+      const uint8_t hi = k + 1 < off + sub ? math::quantize4(map, s[k + 1], a) : uint8_t(0);  // an odd tail pads with 0
+      codes[(i0 + k) / 2] = math::pack4(lo, hi);
+    }
+  }
+}
+
 // State of one tensor of a given kind, read and written a block at a time.
-// 32-bit state is updated where it lies; 8-bit state goes through a float
-// buffer of one block.
+// 32-bit state is updated where it lies; 8-bit and 4-bit state go through a
+// float buffer of one block.
 struct StateIO {
   StateKind kind;
   const float *qmap;
   const QuantTable *table;  // its coder for the dynamic maps; nullptr: quantize by binary search
   uint8_t zero;
+  const float *map4 = nullptr;  // Blockwise4: this buffer's 16-entry map
 
   // Where the old state of block `blk` (elements [i0, i0+len)) can be read
   // as floats: the state itself (32-bit) or buf, filled by dequantizing.
   float *load_block(void *state, const float *scale, int64_t blk, int64_t i0, int64_t len, float *buf) const {
     if (kind == StateKind::Float32) return static_cast<float *>(state) + i0;
+    if (kind == StateKind::Blockwise4) {
+      decode4(map4, static_cast<const uint8_t *>(state), scale, i0, len, buf);
+      return buf;
+    }
     const float a = kind == StateKind::Blockwise8 ? scale[blk] : scale[0];
     decode(qmap, static_cast<const uint8_t *>(state) + i0, a, buf, len);
     return buf;
@@ -254,6 +278,7 @@ struct StateIO {
   // (s is the state); 8-bit is quantized (per-tensor: scale[1] is new_max1).
   void store_block(void *state, float *scale, int64_t blk, int64_t i0, int64_t len, const float *s) const {
     if (kind == StateKind::Float32) return;
+    if (kind == StateKind::Blockwise4) return encode4(map4, s, i0, len, static_cast<uint8_t *>(state), scale);
     float a;
     if (kind == StateKind::Blockwise8) {
       a = abs_max(s, len);
@@ -419,8 +444,8 @@ void update_block(const math::Hyper &h, T *p, const T *g, float *s, float *b, in
 // accumulates `acc` (norms for max_unorm, maxima for per-tensor 8-bit) and
 // changes nothing; with write == true it stores params and state.
 template <typename T>
-void walk_chunk(const TensorUpdate &t, const StateIO &io, const StateIO &bio, int64_t chunk, bool write, float unscale, float gscale,
-                float uscale, Rounding rnd, Partial &acc) {
+void walk_chunk(const TensorUpdate &t, const StateIO &io, const StateIO &bio, int64_t chunk, bool write, float unscale,
+                float gscale, float uscale, Rounding rnd, Partial &acc) {
   const math::Hyper h = t.hp;
   const bool mom = h.momentum > 0.0f;
   const bool norms = h.max_unorm > 0.0f;  // the read-only pass also sums squares
@@ -489,11 +514,14 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
   if (ctl.skip && *ctl.skip) return;
   const float unscale = ctl.grad_unscale ? *ctl.grad_unscale : 1.0f;
   const float *bmap = ctl.momentum_qmap ? ctl.momentum_qmap : qmap;
-  const bool codes = kind != StateKind::Float32;
-  const std::shared_ptr<const QuantTable> table = codes ? QuantTable::of(qmap) : nullptr;
-  const std::shared_ptr<const QuantTable> btable = codes ? QuantTable::of(bmap) : nullptr;
-  const StateIO io{kind, qmap, table.get(), codes ? math::zero_code(qmap) : uint8_t(0)};
-  const StateIO bio{kind, bmap, btable.get(), codes ? math::zero_code(bmap) : uint8_t(0)};
+  const bool bits8 = kind == StateKind::Blockwise8 || kind == StateKind::Tensor8;
+  const std::shared_ptr<const QuantTable> table = bits8 ? QuantTable::of(qmap) : nullptr;
+  const std::shared_ptr<const QuantTable> btable = bits8 ? QuantTable::of(bmap) : nullptr;
+  // io: the square average's; bio: the momentum buffer's (8-bit: bmap;
+  // 4-bit: the fixed momentum map).
+  const math::Map4 sq4 = math::square_map4(), mom4 = math::momentum_map4();
+  const StateIO io{kind, qmap, table.get(), bits8 ? math::zero_code(qmap) : uint8_t(0), sq4.v};
+  const StateIO bio{kind, bmap, btable.get(), bits8 ? math::zero_code(bmap) : uint8_t(0), mom4.v};
   const bool tensor8 = kind == StateKind::Tensor8;
   auto gscale = [&](size_t i) { return tensors[i].gnorm_scale ? *tensors[i].gnorm_scale : 1.0f; };
 

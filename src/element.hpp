@@ -257,20 +257,21 @@ struct BinarySearch {
 // it moves one step toward its own sign. The tie is arithmetic on a
 // comparison, not a branch (a coin flip for a predictor); this form measured
 // fastest on the CPU (docs/performance.md).
-template <class FindLow>
+// N: the map's size (256; 16 for the 4-bit maps).
+template <class FindLow, int N = 256>
 QRMS_HD uint8_t nearest_code(const float *qmap, float x, const FindLow &find_low) {
   int c;
   if (!(x > qmap[0])) {          // also catches NaN: store the lowest code
     c = 0;
-  } else if (x >= qmap[255]) {
-    c = 255;
+  } else if (x >= qmap[N - 1]) {
+    c = N - 1;
   } else {
     const int lo = find_low(x);
     c = lo + int(!(x - qmap[lo] <= qmap[lo + 1] - x));
   }
   const float q = qmap[c];
   if ((x < 0.0f) != (q < 0.0f))  // rare; for a coin-flip sign, the tests below would mispredict
-    c += (x > 0.0f && q < 0.0f && c < 255) - (x < 0.0f && q >= 0.0f && c > 0);
+    c += (x > 0.0f && q < 0.0f && c < N - 1) - (x < 0.0f && q >= 0.0f && c > 0);
   return uint8_t(c);
 }
 
@@ -298,10 +299,11 @@ QRMS_HD uint8_t quantize_scaled(const float *qmap, float v, float absmax, uint8_
 
 QRMS_HD float dequantize(const float *qmap, uint8_t code, float absmax) { return qmap[code] * absmax; }
 
-// Code of 0.0 in an ascending map (the first entry that is >= 0).
+// Code of 0.0 in an ascending map of N entries (the first entry that is >= 0).
+template <int N = 256>
 QRMS_HD uint8_t zero_code(const float *qmap) {
   int c = 0;
-  while (c < 255 && qmap[c] < 0.0f) ++c;
+  while (c < N - 1 && qmap[c] < 0.0f) ++c;
   return uint8_t(c);
 }
 
@@ -441,6 +443,63 @@ QRMS_HD uint8_t dynamic_code(const DynamicCoder &d, float x) {
 QRMS_HD uint8_t quantize_scaled(const DynamicCoder &d, float v, float absmax) {
   return absmax > 0.0f ? dynamic_code(d, v / absmax) : uint8_t(d.zero);
 }
+
+// ---- 4-bit block-wise state ---------------------------------------------------
+//
+// Two codes per byte, element 2i in the low nibble of byte i and 2i + 1 in
+// the high one (an odd tensor's last high nibble is 0), one float absmax per
+// block of 128 elements. Each buffer has its own 16-entry map; value =
+// map[code] * absmax, and a code is the nearest one of s / absmax with the
+// 8-bit rule (nearest_code: ties to the lower code, the sign rule).
+
+constexpr int64_t kBlockSize4 = 128;
+constexpr int kCodes4 = 16;
+
+struct Map4 {
+  float v[kCodes4];
+};
+
+// Square average: (c + 1) / 16. No code is zero: a small square average
+// next to a large one in its block reads back as absmax / 16, never as 0,
+// which would make g / (sqrt(s) + eps) explode (the zero-point problem of
+// 4-bit state; Li, Chen and Zhu, NeurIPS 2023).
+QRMS_HD Map4 square_map4() {
+  Map4 m;
+  for (int c = 0; c < kCodes4; ++c) m.v[c] = float(c + 1) * 0.0625f;
+  return m;
+}
+
+// Momentum: bitsandbytes' create_dynamic_map(signed=True,
+// max_exponent_bits=3, total_bits=4) in float32, as qrms::dynamic_map(true, 4)
+// computes it (tests/test_update4.cpp checks that they agree bit for bit).
+QRMS_HD Map4 momentum_map4() {
+  return Map4{{-0x1.c66666p-1f, -0x1.533334p-1f, -0x1.cp-2f, -0x1.b33332p-3f, -0x1.3d70a4p-4f, -0x1.0a3d72p-5f,
+               -0x1.6872bp-8f, 0.0f, 0x1.6872bp-8f, 0x1.0a3d72p-5f, 0x1.3d70a4p-4f, 0x1.b33332p-3f, 0x1.cp-2f,
+               0x1.533334p-1f, 0x1.c66666p-1f, 1.0f}};
+}
+
+// find_low of nearest_code for a 16-entry map: how many of map[1..14] are <= x.
+struct LinearSearch4 {
+  const float *map;
+  QRMS_HD int operator()(float x) const {
+    int lo = 0;
+    for (int k = 1; k < kCodes4 - 1; ++k) lo += int(map[k] <= x);
+    return lo;
+  }
+};
+
+// Code of v in a 4-bit block of scale absmax; a zero (or NaN) scale stores
+// the code of the map's smallest non-negative value.
+QRMS_HD uint8_t quantize4(const float *map, float v, float absmax) {
+  return absmax > 0.0f ? nearest_code<LinearSearch4, kCodes4>(map, v / absmax, LinearSearch4{map})
+                       : zero_code<kCodes4>(map);
+}
+
+// Code of element i of a packed 4-bit buffer.
+QRMS_HD uint8_t code4(const uint8_t *codes, int64_t i) { return uint8_t((codes[i >> 1] >> ((i & 1) * 4)) & 15); }
+
+// The byte holding codes lo (even element) and hi (odd element).
+QRMS_HD uint8_t pack4(uint8_t lo, uint8_t hi) { return uint8_t(lo | (hi << 4)); }
 
 }  // namespace math
 }  // namespace qrms

@@ -19,6 +19,7 @@ Layout Layout::of(const Config &cfg, int64_t n) {
   Layout l;
   if (cfg.optim_bits == 8 && n >= cfg.args.min_8bit_size)
     l.kind = cfg.args.block_wise ? StateKind::Blockwise8 : StateKind::Tensor8;
+  if (cfg.optim_bits == 4 && n >= cfg.args.min_8bit_size) l.kind = StateKind::Blockwise4;
   l.momentum = cfg.momentum > 0.0f;
   l.clip = cfg.args.percentile_clipping < 100;
   l.unorm = cfg.args.max_unorm > 0.0f;
@@ -27,6 +28,7 @@ Layout Layout::of(const Config &cfg, int64_t n) {
 }
 
 size_t Layout::state_bytes(int64_t n) const {
+  if (kind == StateKind::Blockwise4) return static_cast<size_t>((n + 1) / 2);  // two codes per byte
   return static_cast<size_t>(n) * (kind == StateKind::Float32 ? sizeof(float) : sizeof(uint8_t));
 }
 
@@ -34,6 +36,7 @@ size_t Layout::scale_bytes(int64_t n) const {
   switch (kind) {
     case StateKind::Blockwise8: return static_cast<size_t>(core::num_blocks(n)) * sizeof(float);
     case StateKind::Tensor8: return 2 * sizeof(float);
+    case StateKind::Blockwise4: return static_cast<size_t>(core::num_blocks4(n)) * sizeof(float);
     case StateKind::Float32: break;
   }
   return 0;
@@ -131,6 +134,9 @@ void check_shard(int64_t numel, int64_t global_numel, int64_t offset, const Layo
   if (layout.kind == StateKind::Blockwise8 && offset % math::kBlockSize != 0)
     throw ValueError(what + ": offset " + std::to_string(offset) + " of a shard with 8-bit block-wise state must be a "
                      "multiple of " + std::to_string(math::kBlockSize) + " (no quantization block may span two ranks)");
+  if (layout.kind == StateKind::Blockwise4 && offset % math::kBlockSize4 != 0)
+    throw ValueError(what + ": offset " + std::to_string(offset) + " of a shard with 4-bit state must be a multiple of " +
+                     std::to_string(math::kBlockSize4) + " (no quantization block may span two ranks)");
 }
 
 int64_t Optimizer1State::add_param_shard(void *param, const void *grad, Dtype dtype, int64_t numel,
@@ -239,7 +245,7 @@ void Optimizer1State::set_lr(float lr) {
 void Optimizer1State::step(void *stream) {
   Impl &m = *impl_;
   const Dtype dtypes[] = {Dtype::Float32, Dtype::Float16, Dtype::BFloat16};
-  const StateKind kinds[] = {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8};
+  const StateKind kinds[] = {StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8, StateKind::Blockwise4};
   bool any_clip = false, any_unorm = false, any_tensor8 = false;
   for (size_t i = 0; i < m.params.size(); ++i) {
     const ParamEntry &e = m.params[i];
@@ -367,7 +373,16 @@ int64_t Optimizer1State::get_step(int64_t index) const {
   impl_->backend->to_host(&v, impl_->at(index).state.step.get(), sizeof(v));
   return v;
 }
-bool Optimizer1State::is_8bit(int64_t index) const { return impl_->at(index).layout.kind != StateKind::Float32; }
+bool Optimizer1State::is_8bit(int64_t index) const { return state_bits(index) == 8; }
+int32_t Optimizer1State::state_bits(int64_t index) const {
+  switch (impl_->at(index).layout.kind) {
+    case StateKind::Float32: return 32;
+    case StateKind::Blockwise4: return 4;
+    case StateKind::Blockwise8:
+    case StateKind::Tensor8: break;
+  }
+  return 8;
+}
 int64_t Optimizer1State::numel(int64_t index) const { return impl_->at(index).n; }
 int64_t Optimizer1State::global_numel(int64_t index) const { return impl_->at(index).global_n; }
 int64_t Optimizer1State::shard_offset(int64_t index) const { return impl_->at(index).offset; }
@@ -393,6 +408,13 @@ std::vector<float> Optimizer1State::read_state(int64_t index, int which) const {
   std::vector<float> scales(scale.bytes() / sizeof(float));
   impl_->backend->to_host(codes.data(), state.get(), codes.size());
   impl_->backend->to_host(scales.data(), scale.get(), scale.bytes());
+  if (e.layout.kind == StateKind::Blockwise4) {
+    const math::Map4 map = which == QRMS_STATE_SQUARE_AVG ? math::square_map4() : math::momentum_map4();
+    for (int64_t i = 0; i < e.n; ++i)
+      out[static_cast<size_t>(i)] =
+          math::dequantize(map.v, math::code4(codes.data(), i), scales[static_cast<size_t>(i / math::kBlockSize4)]);
+    return out;
+  }
   const float *q = impl_->host_qmap[which == QRMS_STATE_SQUARE_AVG && e.layout.unsigned_map].data();
   for (int64_t i = 0; i < e.n; ++i) {
     const float a = e.layout.kind == StateKind::Blockwise8 ? scales[static_cast<size_t>(i / math::kBlockSize)]
@@ -418,7 +440,7 @@ std::vector<uint8_t> Optimizer1State::save() const {
 
 void Optimizer1State::load(const void *buffer, size_t size) { load_state(*impl_, buffer, size); }
 
-// ---- the three variants ------------------------------------------------------
+// ---- the variants ------------------------------------------------------
 
 namespace {
 
@@ -451,6 +473,11 @@ RMSprop8bit::RMSprop8bit(float lr, float alpha, float eps, float weight_decay, f
 RMSprop32bit::RMSprop32bit(float lr, float alpha, float eps, float weight_decay, float momentum, bool centered,
                            const Args &args, Device device, int device_index)
     : Optimizer1State(make_config(lr, alpha, eps, weight_decay, momentum, centered, 32, args), device,
+                      device_index) {}
+
+RMSprop4bit::RMSprop4bit(float lr, float alpha, float eps, float weight_decay, float momentum, bool centered,
+                         const Args &args, Device device, int device_index)
+    : Optimizer1State(make_config(lr, alpha, eps, weight_decay, momentum, centered, 4, args), device,
                       device_index) {}
 
 }  // namespace qrms

@@ -248,16 +248,22 @@ size_t write_blob(int32_t rank, int32_t world, const std::vector<Record> &record
   return needed;
 }
 
+// Whether the layout's scales are one per block, and the block's size.
+bool per_block(const Layout &l) {
+  return l.kind == core::StateKind::Blockwise8 || l.kind == core::StateKind::Blockwise4;
+}
+int64_t block_of(const Layout &l) {
+  return l.kind == core::StateKind::Blockwise4 ? math::kBlockSize4 : math::kBlockSize;
+}
+
 // Where the part [offset, offset + n) of buffer k of `rec` starts, and its bytes.
 std::pair<const uint8_t *, size_t> slice(const Record &rec, int k, int64_t offset, int64_t n) {
   const int64_t rel = offset - rec.offset;
   const Layout &l = rec.layout;
-  if (k == 0 || k == 2) {
-    const size_t es = l.kind == core::StateKind::Float32 ? sizeof(float) : sizeof(uint8_t);
-    return {rec.data[k] + static_cast<size_t>(rel) * es, buffer_bytes(l, n, k)};
-  }
-  if ((k == 1 || k == 3) && l.kind == core::StateKind::Blockwise8)
-    return {rec.data[k] + static_cast<size_t>(rel / math::kBlockSize) * sizeof(float), buffer_bytes(l, n, k)};
+  // (check_shard: a 4-bit shard starts at a multiple of 128, so at a whole byte.)
+  if (k == 0 || k == 2) return {rec.data[k] + l.state_bytes(rel), buffer_bytes(l, n, k)};
+  if ((k == 1 || k == 3) && per_block(l))
+    return {rec.data[k] + static_cast<size_t>(rel / block_of(l)) * sizeof(float), buffer_bytes(l, n, k)};
   return {rec.data[k], buffer_bytes(l, n, k)};  // per-tensor scales, clipping history: whole
 }
 
@@ -387,7 +393,7 @@ size_t merge_states(const void *const *blobs, const size_t *sizes, size_t count,
   }
   return write_blob(0, 1, merged, [&](size_t i, int k, uint8_t *dst) {
     const Layout &l = merged[i].layout;
-    const bool concat = k == 0 || k == 2 || ((k == 1 || k == 3) && l.kind == core::StateKind::Blockwise8);
+    const bool concat = k == 0 || k == 2 || ((k == 1 || k == 3) && per_block(l));
     if (!concat) {  // the same on every rank: rank 0's
       std::memcpy(dst, merged[i].data[k], buffer_bytes(l, merged[i].n, k));
       return;

@@ -27,8 +27,10 @@ void require(bool ok, const char *what, float v) {
 void validate(const Config &c) {
   if (c.alpha == 0.0f) throw NotImplementedError("RMSprop with alpha==0.0 is not supported!");
   if (c.centered) throw NotImplementedError("Centered RMSprop is not supported!");
-  if (c.optim_bits != 8 && c.optim_bits != 32)
+  if (c.optim_bits != 4 && c.optim_bits != 8 && c.optim_bits != 32)
     throw NotImplementedError("Amount of optimizer bits not supported: " + std::to_string(c.optim_bits));
+  if (c.optim_bits == 4 && !c.args.block_wise)
+    throw NotImplementedError("4-bit state is block-wise only (block_wise must be true)");
   // Written as !(ok) so that NaN fails every rule.
   require(c.lr >= 0.0f && std::isfinite(c.lr), "Invalid learning rate: ", c.lr);
   require(c.alpha >= 0.0f && c.alpha < 1.0f, "Invalid alpha value: ", c.alpha);

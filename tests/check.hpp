@@ -82,8 +82,9 @@ inline void check_state32(const char *what, const std::vector<float> &lib, const
 // value of the nearest code of ref / absmax. `rel_tol` admits the
 // neighbouring code only where ref / absmax lies that close to the midpoint
 // of two codes (float rounding differences between the two computations).
+// map_size: 256, or 16 for 4-bit state (blocksize 128, each buffer its own map).
 inline void check_state8(const char *what, const float *qmap, const std::vector<float> &lib,
-                         const std::vector<float> &ref, int64_t blocksize, double rel_tol) {
+                         const std::vector<float> &ref, int64_t blocksize, double rel_tol, int map_size = 256) {
   REQUIRE(lib.size() == ref.size());
   const int64_t n = static_cast<int64_t>(ref.size());
   size_t bad = 0, first = 0;
@@ -98,17 +99,18 @@ inline void check_state8(const char *what, const float *qmap, const std::vector<
       double expected = 0.0;
       if (absmax == 0.0f) {
         ok = lib[k] == 0.0f;
+        expected = 0.0;
       } else {
         const float x = ref[k] / absmax;
         auto matches = [&](int c) {
           const double v = static_cast<double>(qmap[c]) * static_cast<double>(absmax);
           return std::fabs(static_cast<double>(lib[k]) - v) <= 1e-5 * std::fabs(v);
         };
-        const int nearest = qref::nearest_code(qmap, x);
+        const int nearest = qref::nearest_code(qmap, x, map_size);
         expected = static_cast<double>(qmap[nearest]) * static_cast<double>(absmax);
         ok = matches(nearest);
         if (!ok)
-          for (int c : qref::acceptable_codes(qmap, x, rel_tol)) ok = ok || matches(c);
+          for (int c : qref::acceptable_codes(qmap, x, rel_tol, map_size)) ok = ok || matches(c);
       }
       if (!ok && bad++ == 0) {
         first = k;
@@ -139,6 +141,7 @@ struct Trainee {
   qref::Tensor p, g;
   qref::Hyper h;
   bool bits8 = false;       // expected 8-bit state
+  bool bits4 = false;       // expected 4-bit state (blocks of 128, the maps of qref::square_map4 / dynamic_map(true, 4))
   int64_t blocksize = 256;  // 8-bit: 256, or numel for one scale per tensor
   qref::Clip clip;
   int64_t steps = 0;
@@ -170,6 +173,7 @@ template <class Opt>
 RunStats run_and_check(Opt &opt, std::vector<Trainee> &ts, const float *qmap, int steps, std::mt19937 &rng,
                        int first_k = 0) {
   RunStats st;
+  const std::vector<float> sq4 = qref::square_map4(), mom4 = qref::momentum_map4();
   for (int k = first_k; k < first_k + steps; ++k) {
     std::vector<std::vector<float>> p0(ts.size()), s0(ts.size()), b0(ts.size());
     for (size_t i = 0; i < ts.size(); ++i) {
@@ -183,7 +187,8 @@ RunStats run_and_check(Opt &opt, std::vector<Trainee> &ts, const float *qmap, in
     for (size_t i = 0; i < ts.size(); ++i) {
       Trainee &t = ts[i];
       INFO("step " << (k + 1) << ", tensor " << i << " (" << t.p.size() << " elements, "
-                   << qref::dt_name(t.p.dtype()) << ", " << (t.bits8 ? "8-bit" : "32-bit") << " state)");
+                   << qref::dt_name(t.p.dtype()) << ", " << (t.bits4 ? "4-bit" : t.bits8 ? "8-bit" : "32-bit")
+                   << " state)");
       const auto idx = static_cast<int64_t>(i);
       if (!t.has_grad) {
         CHECK_SAME(t.p.values(), p0[i]);
@@ -201,14 +206,18 @@ RunStats run_and_check(Opt &opt, std::vector<Trainee> &ts, const float *qmap, in
       for (bool touched : ref.touched) st.skipped += touched ? 0 : 1;
       check_params("params", t.p.dtype(), t.p.values(), ref, p0[i]);
       const std::vector<float> s = opt.read_state(idx, 0);
-      if (t.bits8) {
+      if (t.bits4) {
+        check_state8("square_avg (4-bit)", sq4.data(), s, ref.s, 128, 1e-5, 16);
+      } else if (t.bits8) {
         check_state8("square_avg", t.smap ? t.smap : qmap, s, ref.s, t.blocksize, 1e-5);
       } else {
         check_state32("square_avg", s, ref.s, 1e-12, 2e-6);
       }
       if (t.h.momentum > 0.0f) {
         const std::vector<float> b = opt.read_state(idx, 1);
-        if (t.bits8) {
+        if (t.bits4) {
+          check_state8("momentum (4-bit)", mom4.data(), b, ref.b, 128, 1e-5, 16);
+        } else if (t.bits8) {
           check_state8("momentum", qmap, b, ref.b, t.blocksize, 1e-5);
         } else {
           check_state32("momentum", b, ref.b, 1e-6, 1e-5);

@@ -223,46 +223,47 @@ inline int zero_code(const float *qmap) {
 }
 
 // The sign rule: a code whose value has the other sign than x moves one step
-// toward x's sign (so a negative x never lands on 0.0).
-inline int sign_rule(const float *qmap, float x, int c) {
+// toward x's sign (so a negative x never lands on 0.0). size: the map's
+// entries (256; 16 for 4-bit state).
+inline int sign_rule(const float *qmap, float x, int c, int size = 256) {
   if (x < 0.0f && qmap[c] >= 0.0f && c > 0) return c - 1;
-  if (x > 0.0f && qmap[c] < 0.0f && c < 255) return c + 1;
+  if (x > 0.0f && qmap[c] < 0.0f && c < size - 1) return c + 1;
   return c;
 }
 
 // Nearest code of x in the ascending map (distances measured exactly in
 // double, ties to the lower code), then the sign rule.
-inline int nearest_code(const float *qmap, float x) {
-  const int hi = static_cast<int>(std::lower_bound(qmap, qmap + 256, x) - qmap);  // first qmap[hi] >= x
+inline int nearest_code(const float *qmap, float x, int size = 256) {
+  const int hi = static_cast<int>(std::lower_bound(qmap, qmap + size, x) - qmap);  // first qmap[hi] >= x
   int best;
   if (hi == 0) {
     best = 0;
-  } else if (hi == 256) {
-    best = 255;
+  } else if (hi == size) {
+    best = size - 1;
   } else {
     const double below = static_cast<double>(x) - static_cast<double>(qmap[hi - 1]);
     const double above = static_cast<double>(qmap[hi]) - static_cast<double>(x);
     best = above < below ? hi : hi - 1;
   }
-  return sign_rule(qmap, x, best);
+  return sign_rule(qmap, x, best, size);
 }
 
 // Codes acceptable for x when x itself is only known to a relative
 // precision rel_tol: the nearest code, plus the neighbour when x is that
 // close to the midpoint between them. rel_tol 0 gives just the nearest code.
-inline std::vector<int> acceptable_codes(const float *qmap, float x, double rel_tol) {
-  std::vector<int> out{nearest_code(qmap, x)};
+inline std::vector<int> acceptable_codes(const float *qmap, float x, double rel_tol, int size = 256) {
+  std::vector<int> out{nearest_code(qmap, x, size)};
   if (rel_tol <= 0.0) return out;
   double dist[256];
   double best = std::numeric_limits<double>::infinity();
-  for (int c = 0; c < 256; ++c) {
+  for (int c = 0; c < size; ++c) {
     dist[c] = std::fabs(static_cast<double>(x) - static_cast<double>(qmap[c]));
     best = std::min(best, dist[c]);
   }
   const double tol = 2.0 * rel_tol * std::fabs(static_cast<double>(x)) + 1e-30;
-  for (int c = 0; c < 256; ++c) {
+  for (int c = 0; c < size; ++c) {
     if (dist[c] > best + tol) continue;
-    const int k = sign_rule(qmap, x, c);
+    const int k = sign_rule(qmap, x, c, size);
     if (std::find(out.begin(), out.end(), k) == out.end()) out.push_back(k);
   }
   return out;
@@ -290,6 +291,29 @@ inline Quantized quantize(const float *qmap, const std::vector<float> &v, int64_
     q.codes[static_cast<size_t>(i)] = static_cast<uint8_t>(a > 0.0f ? nearest_code(qmap, x / a) : zero);
   }
   return q;
+}
+
+// ---- 4-bit state -------------------------------------------------------------
+
+// The maps of 4-bit state, written out independently of src/element.hpp:
+// the square average's (c + 1) / 16 (no zero), the momentum buffer's the
+// signed 4-bit dynamic map: bitsandbytes' create_dynamic_map(True, 3, 4)
+// without its padding, as torch computes it in float32 (0.2125 is
+// 0x1.b33332p-3 there, one ulp below the nearest float).
+inline std::vector<float> square_map4() {
+  std::vector<float> m(16);
+  for (int c = 0; c < 16; ++c) m[static_cast<size_t>(c)] = static_cast<float>(c + 1) / 16.0f;
+  return m;
+}
+inline std::vector<float> momentum_map4() {
+  const std::vector<float> pos = {0x1.6872bp-8f, 0x1.0a3d72p-5f, 0x1.3d70a4p-4f, 0x1.b33332p-3f,
+                                  0x1.cp-2f,     0x1.533334p-1f, 0x1.c66666p-1f};  // 0.0055 ... 0.8875
+  std::vector<float> m;
+  for (auto it = pos.rbegin(); it != pos.rend(); ++it) m.push_back(-*it);
+  m.push_back(0.0f);
+  m.insert(m.end(), pos.begin(), pos.end());
+  m.push_back(1.0f);
+  return m;
 }
 
 // ---- the saved state (docs/state-format.md) -----------------------------------

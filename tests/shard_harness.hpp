@@ -57,6 +57,13 @@ inline std::vector<Case> cases() {
     out.push_back(c);
   }
   {
+    Case c{"4-bit, momentum, weight decay, odd sizes", QRMS_RMSPROP_4BIT, base_config(), {}, true};
+    c.cfg.momentum = 0.9f;
+    c.cfg.weight_decay = 0.01f;
+    c.tensors = {{QRMS_FLOAT32, 10001}, {QRMS_BFLOAT16, 4501}, {QRMS_FLOAT32, 700}};  // the last stays 32-bit
+    out.push_back(c);
+  }
+  {
     Case c{"8-bit per-tensor, momentum", QRMS_RMSPROP_8BIT, base_config(), {}, true};
     c.cfg.block_wise = 0;
     c.cfg.momentum = 0.9f;
@@ -92,17 +99,21 @@ inline std::vector<Case> cases() {
   return out;
 }
 
-inline bool blockwise8(const Case &c, int64_t n) {
+// Where a shard of a tensor of n elements may start: a multiple of the
+// quantization block of block-wise state (256 for 8-bit, 128 for 4-bit).
+inline int64_t shard_align(const Case &c, int64_t n) {
   const bool bits8 = c.variant == QRMS_RMSPROP_8BIT || (c.variant == QRMS_RMSPROP && c.cfg.optim_bits == 8);
-  return bits8 && c.cfg.block_wise && n >= c.cfg.min_8bit_size;
+  const bool bits4 = c.variant == QRMS_RMSPROP_4BIT || (c.variant == QRMS_RMSPROP && c.cfg.optim_bits == 4);
+  if (n < c.cfg.min_8bit_size) return 1;
+  return bits8 && c.cfg.block_wise ? 256 : bits4 ? 128 : 1;
 }
 
 // This rank's part of n elements in a world of `world`: uneven on purpose
 // (rank 0 a third of two ranks' elements; with three ranks, rank 1 empty),
-// cut at multiples of 256 where the state is block-wise 8-bit.
+// cut at multiples of the block where the state is block-wise.
 inline void split(const Case &c, int64_t n, int rank, int world, int64_t &offset, int64_t &len) {
   std::vector<int64_t> cuts = {0};
-  const int64_t align = blockwise8(c, n) ? 256 : 1;
+  const int64_t align = shard_align(c, n);
   if (world == 2) cuts.push_back(n / 3 / align * align);
   if (world == 3) {
     cuts.push_back(n / 2 / align * align);

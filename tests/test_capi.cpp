@@ -342,7 +342,7 @@ TEST_CASE("argument errors are INVALID_ARGUMENT with a message naming the argume
 
   qrms_optimizer_t none = nullptr;
   QRMS_CHECK_FAILS(qrms_optimizer_create(nullptr, QRMS_RMSPROP, nullptr, QRMS_DEVICE_CPU, 0), INV, "out");
-  QRMS_CHECK_FAILS(qrms_optimizer_create(&none, 3, nullptr, QRMS_DEVICE_CPU, 0), INV, "variant");
+  QRMS_CHECK_FAILS(qrms_optimizer_create(&none, 4, nullptr, QRMS_DEVICE_CPU, 0), INV, "variant");
   QRMS_CHECK_FAILS(qrms_optimizer_create(&none, -1, nullptr, QRMS_DEVICE_CPU, 0), INV, "variant");
   QRMS_CHECK_FAILS(qrms_optimizer_create(&none, QRMS_RMSPROP, nullptr, 2, 0), INV, "device");
   CHECK(none == nullptr);

@@ -38,8 +38,10 @@ std::vector<Rule> rules() {
        "Centered RMSprop is not supported!", true, false},
       {"optim_bits 16", [](qrms_config &c) { c.optim_bits = 16; }, NI, "Amount of optimizer bits not supported: 16",
        true, false},
-      {"optim_bits before lr", [](qrms_config &c) { c.optim_bits = 4; c.lr = kNaN; }, NI,
-       "Amount of optimizer bits not supported: 4", true, false},
+      {"optim_bits before lr", [](qrms_config &c) { c.optim_bits = 7; c.lr = kNaN; }, NI,
+       "Amount of optimizer bits not supported: 7", true, false},
+      {"4-bit without block_wise", [](qrms_config &c) { c.optim_bits = 4; c.block_wise = 0; }, NI,
+       "4-bit state is block-wise only (block_wise must be true)", true, false},
       {"lr < 0", [](qrms_config &c) { c.lr = -0.5f; }, INV, "Invalid learning rate: -0.5", true, true},
       {"lr NaN", [](qrms_config &c) { c.lr = kNaN; }, INV, "Invalid learning rate: ", false, true},
       {"lr inf", [](qrms_config &c) { c.lr = kInf; }, INV, "Invalid learning rate: ", false, true},
@@ -83,7 +85,7 @@ TEST_CASE("C ABI: every rule on qrms_optimizer_create and set_param_config", "[c
     qrms_config c = qtest::config();
     r.set(c);
     const bool bits_rule = c.optim_bits != 32;
-    for (qrms_variant_t v : {QRMS_RMSPROP, QRMS_RMSPROP_8BIT, QRMS_RMSPROP_32BIT}) {
+    for (qrms_variant_t v : {QRMS_RMSPROP, QRMS_RMSPROP_8BIT, QRMS_RMSPROP_32BIT, QRMS_RMSPROP_4BIT}) {
       if (bits_rule && v != QRMS_RMSPROP) continue;  // the fixed variants ignore optim_bits
       INFO("variant " << v);
       qrms_optimizer_t opt = nullptr;
@@ -108,6 +110,8 @@ TEST_CASE("C ABI: the fixed variants ignore optim_bits but keep the other rules"
   QRMS_REQUIRE_OK(qrms_optimizer_create(&opt, QRMS_RMSPROP_8BIT, &c, QRMS_DEVICE_CPU, 0));
   qrms_optimizer_destroy(opt);
   QRMS_REQUIRE_OK(qrms_optimizer_create(&opt, QRMS_RMSPROP_32BIT, &c, QRMS_DEVICE_CPU, 0));
+  qrms_optimizer_destroy(opt);
+  QRMS_REQUIRE_OK(qrms_optimizer_create(&opt, QRMS_RMSPROP_4BIT, &c, QRMS_DEVICE_CPU, 0));
   qrms_optimizer_destroy(opt);
   opt = nullptr;
   c.centered = 1;

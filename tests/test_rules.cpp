@@ -15,7 +15,7 @@ const float kNaN = std::numeric_limits<float>::quiet_NaN();
 const float kInf = std::numeric_limits<float>::infinity();
 
 // The ways to apply a config; each must enforce the same rules.
-enum class Path { Validate, RMSprop, RMSprop8bit, RMSprop32bit, SetParamConfig };
+enum class Path { Validate, RMSprop, RMSprop8bit, RMSprop32bit, RMSprop4bit, SetParamConfig };
 
 const char *path_name(Path p) {
   switch (p) {
@@ -23,6 +23,7 @@ const char *path_name(Path p) {
     case Path::RMSprop: return "RMSprop()";
     case Path::RMSprop8bit: return "RMSprop8bit()";
     case Path::RMSprop32bit: return "RMSprop32bit()";
+    case Path::RMSprop4bit: return "RMSprop4bit()";
     case Path::SetParamConfig: return "set_param_config";
   }
   return "?";
@@ -39,6 +40,9 @@ void apply(Path p, const qrms::Config &c) {
       break;
     case Path::RMSprop32bit:
       qrms::RMSprop32bit(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, c.centered, c.args);
+      break;
+    case Path::RMSprop4bit:
+      qrms::RMSprop4bit(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, c.centered, c.args);
       break;
     case Path::SetParamConfig: {
       qrms::RMSprop opt;
@@ -87,10 +91,13 @@ void expect_error(Path p, const qrms::Config &c, const Expect &e) {
 }
 
 std::vector<Path> paths_for(const qrms::Config &c) {
-  // RMSprop8bit / RMSprop32bit fix optim_bits, so bit-count rules only go
-  // through the others.
+  // RMSprop8bit / RMSprop32bit / RMSprop4bit fix optim_bits, so bit-count
+  // rules only go through the others (4-bit's block_wise rule through RMSprop4bit too).
+  if (c.optim_bits == 4 && !c.args.block_wise)
+    return {Path::Validate, Path::RMSprop, Path::RMSprop4bit, Path::SetParamConfig};
   if (c.optim_bits != 8 && c.optim_bits != 32) return {Path::Validate, Path::RMSprop, Path::SetParamConfig};
-  return {Path::Validate, Path::RMSprop, Path::RMSprop8bit, Path::RMSprop32bit, Path::SetParamConfig};
+  return {Path::Validate, Path::RMSprop, Path::RMSprop8bit, Path::RMSprop32bit, Path::RMSprop4bit,
+          Path::SetParamConfig};
 }
 
 struct Rule {
@@ -122,8 +129,10 @@ std::vector<Rule> rules() {
        {E::NotImplemented, "Amount of optimizer bits not supported: 0", true}},
       {"optim_bits -8", [](qrms::Config &c) { c.optim_bits = -8; },
        {E::NotImplemented, "Amount of optimizer bits not supported: -8", true}},
-      {"optim_bits before lr", [](qrms::Config &c) { c.optim_bits = 4; c.lr = -1.0f; },
-       {E::NotImplemented, "Amount of optimizer bits not supported: 4", true}},
+      {"optim_bits before lr", [](qrms::Config &c) { c.optim_bits = 7; c.lr = -1.0f; },
+       {E::NotImplemented, "Amount of optimizer bits not supported: 7", true}},
+      {"4-bit state is block-wise only", [](qrms::Config &c) { c.optim_bits = 4; c.args.block_wise = false; c.lr = -1.0f; },
+       {E::NotImplemented, "4-bit state is block-wise only (block_wise must be true)", true}},
       {"lr < 0", [](qrms::Config &c) { c.lr = -0.5f; }, {E::Value, "Invalid learning rate: -0.5", true}},
       {"lr -1", [](qrms::Config &c) { c.lr = -1.0f; }, {E::Value, "Invalid learning rate: -1", false}},
       {"lr NaN", [](qrms::Config &c) { c.lr = kNaN; }, {E::Value, "Invalid learning rate: ", false}},
@@ -195,6 +204,7 @@ TEST_CASE("boundary values that the rules allow", "[rules]") {
       [](qrms::Config &c) { c.weight_decay = 10.0f; },
       [](qrms::Config &c) { c.momentum = 0.99999994f; },
       [](qrms::Config &c) { c.optim_bits = 8; },
+      [](qrms::Config &c) { c.optim_bits = 4; },
       [](qrms::Config &c) { c.args.min_8bit_size = 0; },
       [](qrms::Config &c) { c.args.percentile_clipping = 0; },
       [](qrms::Config &c) { c.args.percentile_clipping = 99; },

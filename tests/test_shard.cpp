@@ -122,6 +122,20 @@ TEST_CASE("add_param_shard validates the shard", "[shard]") {
   QRMS_CHECK_FAILS(qrms_optimizer_set_param_config(opt32, index, &to8), QRMS_ERROR_INVALID_ARGUMENT, "multiple of 256");
   QRMS_REQUIRE_OK(qrms_optimizer_param_info(opt32, index, nullptr, nullptr, &bits));
   CHECK(bits == 32);
+  // 4-bit state: blocks of 128.
+  qrms_optimizer_t opt4 = nullptr;
+  QRMS_REQUIRE_OK(qrms_optimizer_create(&opt4, QRMS_RMSPROP_4BIT, &cfg, QRMS_DEVICE_CPU, 0));
+  QRMS_CHECK_FAILS(qrms_optimizer_add_param_shard(opt4, p.data(), g.data(), QRMS_FLOAT32, 512, 4096, 64, nullptr),
+                   QRMS_ERROR_INVALID_ARGUMENT, "multiple of 128");
+  QRMS_REQUIRE_OK(qrms_optimizer_add_param_shard(opt4, p.data(), g.data(), QRMS_FLOAT32, 511, 4096, 128, &index));
+  QRMS_REQUIRE_OK(qrms_optimizer_param_info(opt4, index, nullptr, nullptr, &bits));
+  CHECK(bits == 4);
+  QRMS_REQUIRE_OK(qrms_optimizer_add_param_shard(opt32, p.data() + 1000, g.data() + 1000, QRMS_FLOAT32, 1000, 5000, 64,
+                                                 &index));
+  qrms_config to4 = cfg;
+  to4.optim_bits = 4;
+  QRMS_CHECK_FAILS(qrms_optimizer_set_param_config(opt32, index, &to4), QRMS_ERROR_INVALID_ARGUMENT, "multiple of 128");
+  qrms_optimizer_destroy(opt4);
   qrms_optimizer_destroy(opt32);
   qrms_optimizer_destroy(opt);
 }

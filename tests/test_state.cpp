@@ -102,6 +102,15 @@ std::vector<Spec> specs() {
     out.push_back(s);
   }
   {
+    Spec s{"4-bit, momentum, clipping, odd sizes, mixed dtypes", qrms::Config{}, {}};
+    s.cfg.optim_bits = 4;
+    s.cfg.momentum = 0.9f;
+    s.cfg.args.percentile_clipping = 5;
+    s.cfg.args.min_8bit_size = 100;
+    s.tensors = {{Dt::F32, 5000, {}}, {Dt::BF16, 777, {}}, {Dt::F16, 129, {}}, {Dt::F32, 50, {}}};  // the last stays 32-bit
+    out.push_back(s);
+  }
+  {
     Spec s{"per-parameter configs", qrms::Config{}, {}};
     s.cfg.optim_bits = 8;
     s.cfg.args.min_8bit_size = 0;
@@ -112,7 +121,10 @@ std::vector<Spec> specs() {
     tensor8.args.block_wise = false;
     tensor8.momentum = 0.9f;
     tensor8.args.percentile_clipping = 20;
-    s.tensors = {{Dt::F32, 2000, {}}, {Dt::BF16, 900, keep32}, {Dt::F32, 1500, tensor8}};
+    qrms::Config four = s.cfg;
+    four.optim_bits = 4;
+    four.momentum = 0.5f;
+    s.tensors = {{Dt::F32, 2000, {}}, {Dt::BF16, 900, keep32}, {Dt::F32, 1500, tensor8}, {Dt::BF16, 1001, four}};
     out.push_back(s);
   }
   {
@@ -323,6 +335,17 @@ TEST_CASE("blobs of other optimizers are refused and change nothing", "[state]")
     Spec s = base;
     s.cfg.args.block_wise = false;
     others.emplace_back("per-tensor state", s);
+  }
+  {
+    Spec s = base;
+    s.cfg.optim_bits = 4;
+    others.emplace_back("4-bit state", s);
+  }
+  {
+    Spec s = base;
+    s.tensors[1].own = base.cfg;
+    s.tensors[1].own->optim_bits = 4;
+    others.emplace_back("one parameter 4-bit by its own config", s);
   }
   {
     Spec s = base;
@@ -562,4 +585,78 @@ TEST_CASE("format version 2 blobs load as the signed map; a bad state_map is nam
     CHECK_THAT(e.what(), Catch::Contains("parameter 0") && Catch::Contains("state_map"));
   }
   CHECK_SAME(b.opt->save(), before);
+}
+
+namespace {
+
+// small_spec with 4-bit state: 300 elements (3 blocks of 128, the last of 44).
+Spec small_spec4() {
+  Spec s = small_spec();
+  s.name = "small 4-bit";
+  s.cfg.optim_bits = 4;
+  return s;
+}
+
+}  // namespace
+
+TEST_CASE("4-bit state: the blob's record and its buffers", "[state][4bit]") {
+  Model m = build(small_spec4());
+  train(m, 0, 3);
+  const std::vector<uint8_t> blob = m.opt->save();
+  CHECK(peek<int32_t>(blob, kKind) == 3);  // 4-bit block-wise
+  CHECK(peek<int32_t>(blob, kBits) == 4);
+  CHECK(peek<uint64_t>(blob, kBuffers) == 150u);                // s: two codes per byte
+  CHECK(peek<uint64_t>(blob, kBuffers + 8 + 150) == 12u);       // three absmax
+  CHECK(peek<uint64_t>(blob, kBuffers + 8 + 150 + 8 + 12) == 150u);  // b
+}
+
+TEST_CASE("4-bit blobs with a valid checksum but bad content are refused and change nothing", "[state][4bit]") {
+  const Spec s = small_spec4();
+  Model src = build(s, 3);
+  train(src, 0, 3);
+  const std::vector<uint8_t> blob = src.opt->save();
+  Model victim = build(s), twin = build(s);
+  train(victim, 0, 2);
+  train(twin, 0, 2);
+  const std::vector<uint8_t> before = victim.opt->save();
+
+  struct Forgery {
+    const char *name;
+    std::function<void(std::vector<uint8_t> &)> edit;
+  };
+  const std::vector<Forgery> forgeries = {
+      {"8-bit state kind", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kKind, 1); }},
+      {"32-bit state kind", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kKind, 0); }},
+      {"state kind 4", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kKind, 4); }},
+      {"8-bit config for 4-bit state", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kBits, 8); }},
+      {"optim_bits 2", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kBits, 2); }},
+      {"4-bit per tensor", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kRec + 80, 0); }},  // block_wise
+      {"codes of one byte per element", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kBuffers, 300u); }},
+      {"one code byte more", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kBuffers, 151u); }},
+  };
+  for (const Forgery &f : forgeries) {
+    INFO("forged: " << f.name);
+    std::vector<uint8_t> bad = blob;
+    f.edit(bad);
+    reseal(bad);
+    CHECK_THROWS_AS(victim.opt->load(bad.data(), bad.size()), qrms::BadStateError);
+  }
+  check_unchanged(victim, twin, before, 2);
+  victim.opt->load(blob.data(), blob.size());
+  CHECK_SAME(victim.opt->save(), blob);
+
+  // A 4-bit shard record off a block boundary: the parse refuses it (any
+  // optimizer would also refuse its global numel; the merge shows the reason).
+  std::vector<uint8_t> shard = blob;
+  poke<int64_t>(shard, kGlobal, 400);
+  poke<int64_t>(shard, kOffset, 64);
+  reseal(shard);
+  const void *blobs[] = {shard.data()};
+  const size_t sizes[] = {shard.size()};
+  try {
+    qrms::merge_states(blobs, sizes, 1, nullptr, 0);
+    FAIL("merged a 4-bit shard that starts at element 64");
+  } catch (const qrms::BadStateError &e) {
+    CHECK_THAT(e.what(), Catch::Contains("multiple of 128"));
+  }
 }

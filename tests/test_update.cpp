@@ -11,7 +11,7 @@ using qtest::Trainee;
 
 namespace {
 
-enum class Variant { RMSprop32, RMSprop8, RMSprop8bit, RMSprop32bit };
+enum class Variant { RMSprop32, RMSprop8, RMSprop8bit, RMSprop32bit, RMSprop4, RMSprop4bit };
 
 const char *variant_name(Variant v) {
   switch (v) {
@@ -19,6 +19,8 @@ const char *variant_name(Variant v) {
     case Variant::RMSprop8: return "RMSprop(optim_bits=8)";
     case Variant::RMSprop8bit: return "RMSprop8bit";
     case Variant::RMSprop32bit: return "RMSprop32bit";
+    case Variant::RMSprop4: return "RMSprop(optim_bits=4)";
+    case Variant::RMSprop4bit: return "RMSprop4bit";
   }
   return "?";
 }
@@ -33,11 +35,16 @@ std::unique_ptr<qrms::Optimizer1State> make(Variant v, const qrms::Config &c) {
       return std::make_unique<qrms::RMSprop8bit>(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, false, c.args);
     case Variant::RMSprop32bit:
       return std::make_unique<qrms::RMSprop32bit>(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, false, c.args);
+    case Variant::RMSprop4:
+      return std::make_unique<qrms::RMSprop>(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, false, 4, c.args);
+    case Variant::RMSprop4bit:
+      return std::make_unique<qrms::RMSprop4bit>(c.lr, c.alpha, c.eps, c.weight_decay, c.momentum, false, c.args);
   }
   return nullptr;
 }
 
 bool is8(Variant v) { return v == Variant::RMSprop8 || v == Variant::RMSprop8bit; }
+bool is4(Variant v) { return v == Variant::RMSprop4 || v == Variant::RMSprop4bit; }
 
 qref::Hyper hyper_of(const qrms::Config &c) {
   qref::Hyper h;
@@ -96,7 +103,8 @@ void run_variant(Variant v) {
   c.lr = 1e-2f;
   c.alpha = 0.95f;
   opt_case.apply(c);
-  c.optim_bits = is8(v) ? 8 : 32;
+  if (is4(v) && !c.args.block_wise) return;  // 4-bit state is block-wise only (test_rules)
+  c.optim_bits = is4(v) ? 4 : is8(v) ? 8 : 32;
   auto opt = make(v, c);
   const std::vector<float> qmap = qrms::dynamic_map(true), umap = qrms::dynamic_map(false);
 
@@ -106,6 +114,7 @@ void run_variant(Variant v) {
     Trainee t(dt, n, rng);
     t.h = hyper_of(c);
     t.bits8 = is8(v) && n >= c.args.min_8bit_size;
+    t.bits4 = is4(v) && n >= c.args.min_8bit_size;
     t.blocksize = c.args.block_wise ? 256 : n;
     if (c.args.state_map == qrms::StateMap::Unsigned) t.smap = umap.data();
     ts.push_back(std::move(t));
@@ -114,6 +123,7 @@ void run_variant(Variant v) {
     const int64_t idx = opt->add_param(ts[i].p.data(), ts[i].g.data(), static_cast<qrms::Dtype>(dt), ts[i].p.size());
     CHECK(idx == static_cast<int64_t>(i));
     CHECK(opt->is_8bit(idx) == ts[i].bits8);
+    CHECK(opt->state_bits(idx) == (ts[i].bits4 ? 4 : ts[i].bits8 ? 8 : 32));
     CHECK(opt->get_step(idx) == 0);
   }
   CHECK(opt->param_count() == 3);
@@ -131,6 +141,8 @@ TEST_CASE("RMSprop (32-bit) matches the reference", "[update]") { run_variant(Va
 TEST_CASE("RMSprop with optim_bits=8 matches the reference", "[update]") { run_variant(Variant::RMSprop8); }
 TEST_CASE("RMSprop8bit matches the reference", "[update]") { run_variant(Variant::RMSprop8bit); }
 TEST_CASE("RMSprop32bit matches the reference", "[update]") { run_variant(Variant::RMSprop32bit); }
+TEST_CASE("RMSprop with optim_bits=4 matches the reference", "[update][4bit]") { run_variant(Variant::RMSprop4); }
+TEST_CASE("RMSprop4bit matches the reference", "[update][4bit]") { run_variant(Variant::RMSprop4bit); }
 
 TEST_CASE("defaults of the three classes are SPEC section 2's", "[update]") {
   qrms::RMSprop a;

@@ -66,6 +66,7 @@ typedef int32_t qrms_variant_t;
 #define QRMS_RMSPROP 0
 #define QRMS_RMSPROP_8BIT 1
 #define QRMS_RMSPROP_32BIT 2
+#define QRMS_RMSPROP_4BIT 3  /* optim_bits 4: 4-bit block-wise state (docs/guide.md) */
 
 /* Which state buffer qrms_optimizer_read_state returns. */
 #define QRMS_STATE_SQUARE_AVG 0
@@ -151,9 +152,10 @@ QRMS_API void qrms_config_init(qrms_config *cfg);
 typedef struct qrms_optimizer_s *qrms_optimizer_t;
 
 /* Creates an optimizer. variant QRMS_RMSPROP uses cfg->optim_bits;
- * QRMS_RMSPROP_8BIT and QRMS_RMSPROP_32BIT fix it to 8 and 32. cfg may be
- * NULL for the defaults. Errors: INVALID_ARGUMENT (out NULL, bad variant,
- * bad config), NOT_IMPLEMENTED (alpha == 0, centered, optim_bits not 8/32),
+ * QRMS_RMSPROP_8BIT, QRMS_RMSPROP_32BIT and QRMS_RMSPROP_4BIT fix it to 8,
+ * 32 and 4. cfg may be NULL for the defaults. Errors: INVALID_ARGUMENT (out
+ * NULL, bad variant, bad config), NOT_IMPLEMENTED (alpha == 0, centered,
+ * optim_bits not 4/8/32, 4-bit with block_wise 0),
  * DEVICE (no such device, no CUDA support). */
 QRMS_API qrms_status_t qrms_optimizer_create(qrms_optimizer_t *out, qrms_variant_t variant,
                                              const qrms_config *cfg, qrms_device_t device,
@@ -221,8 +223,8 @@ QRMS_API qrms_status_t qrms_optimizer_save(qrms_optimizer_t opt, void *buffer, s
 QRMS_API qrms_status_t qrms_optimizer_load(qrms_optimizer_t opt, const void *buffer, size_t size);
 /* Number of parameters added so far. */
 QRMS_API qrms_status_t qrms_optimizer_param_count(qrms_optimizer_t opt, int64_t *count_out);
-/* What parameter `index` is: its numel, dtype and state precision (8 or 32
- * bits). Any output pointer may be NULL. */
+/* What parameter `index` is: its numel, dtype and state precision (4, 8 or
+ * 32 bits). Any output pointer may be NULL. */
 QRMS_API qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t index, int64_t *numel_out,
                                                  qrms_dtype_t *dtype_out, int32_t *state_bits_out);
 
@@ -235,8 +237,8 @@ QRMS_API qrms_status_t qrms_optimizer_param_info(qrms_optimizer_t opt, int64_t i
  * be NULL, and the shard takes part in every step). Every rank adds the same
  * logical parameters, with the same dtype, in the same order. The state kind
  * follows global_numel (min_8bit_size applies to it, so every rank picks the
- * same), and for 8-bit block-wise state offset is a multiple of 256 (no
- * quantization block spans two ranks). qrms_optimizer_add_param(...) is
+ * same), and for 8-bit block-wise state offset is a multiple of 256, for
+ * 4-bit state of 128 (no quantization block spans two ranks). qrms_optimizer_add_param(...) is
  * the same as numel == global_numel, offset == 0. Errors: as add_param, and
  * INVALID_ARGUMENT for a shard outside [0, global_numel) or a misplaced
  * block-wise offset. */

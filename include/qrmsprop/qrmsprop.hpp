@@ -1,5 +1,6 @@
-// qrmsprop C++ class layer: qrms::RMSprop, qrms::RMSprop8bit and
-// qrms::RMSprop32bit over one base, qrms::Optimizer1State.
+// qrmsprop C++ class layer: qrms::RMSprop, qrms::RMSprop8bit,
+// qrms::RMSprop32bit and qrms::RMSprop4bit over one base,
+// qrms::Optimizer1State.
 //
 // Failures throw a qrms::Error subclass carrying the C status code:
 // ValueError (QRMS_ERROR_INVALID_ARGUMENT), NotImplementedError,
@@ -82,7 +83,8 @@ struct Config {
 };
 
 // The one validation path: throws NotImplementedError for alpha == 0, then
-// centered, then optim_bits not 8/32; ValueError for every other rule.
+// centered, then optim_bits not 4/8/32, then 4-bit without block_wise;
+// ValueError for every other rule.
 void validate(const Config &cfg);
 
 // Throws ValueError when bytes [known, struct_size) of a caller's struct are
@@ -93,8 +95,10 @@ void check_struct_tail(const void *s, size_t struct_size, size_t known, const ch
 Config config_from_c(const qrms_config *cfg);
 qrms_config config_to_c(const Config &cfg);
 
-// bitsandbytes' create_dynamic_map(signed, 7, 8).
-std::vector<float> dynamic_map(bool is_signed);
+// bitsandbytes' create_dynamic_map(signed, total_bits - 1, total_bits):
+// 2^total_bits ascending values (256 by default; 16 for 4-bit state's
+// momentum map). ValueError for total_bits outside [2, 8].
+std::vector<float> dynamic_map(bool is_signed, int total_bits = 8);
 
 class Optimizer1State {
  public:
@@ -135,6 +139,9 @@ class Optimizer1State {
   std::vector<float> read_state(int64_t index, int which) const;
   // True when the parameter's state is 8-bit.
   bool is_8bit(int64_t index) const;
+  // Bits per element of the parameter's state: 32, 8 or 4 (min_8bit_size
+  // keeps small tensors 32-bit in the 8- and 4-bit variants).
+  int32_t state_bits(int64_t index) const;
   int64_t numel(int64_t index) const;
   int64_t global_numel(int64_t index) const;
   int64_t shard_offset(int64_t index) const;
@@ -179,6 +186,15 @@ class RMSprop32bit : public Optimizer1State {
   explicit RMSprop32bit(float lr = 1e-2f, float alpha = 0.99f, float eps = 1e-8f, float weight_decay = 0.0f,
                         float momentum = 0.0f, bool centered = false, const Args &args = Args{},
                         Device device = Device::CPU, int device_index = 0);
+};
+
+// 4-bit block-wise state (optim_bits 4): blocks of 128, a square-average map
+// without a zero code, a signed map for the momentum buffer.
+class RMSprop4bit : public Optimizer1State {
+ public:
+  explicit RMSprop4bit(float lr = 1e-2f, float alpha = 0.99f, float eps = 1e-8f, float weight_decay = 0.0f,
+                       float momentum = 0.0f, bool centered = false, const Args &args = Args{},
+                       Device device = Device::CPU, int device_index = 0);
 };
 
 }  // namespace qrms

@@ -183,6 +183,7 @@ int main(void) {
       {"RMSprop8bit per-tensor", QRMS_RMSPROP_8BIT, 0, 0.0f},
       {"RMSprop8bit momentum 0.5", QRMS_RMSPROP_8BIT, 1, 0.5f},
       {"RMSprop32bit momentum 0.5", QRMS_RMSPROP_32BIT, 1, 0.5f},
+      {"RMSprop4bit momentum 0.5", QRMS_RMSPROP_4BIT, 1, 0.5f},
   };
   size_t i;
   make_data();

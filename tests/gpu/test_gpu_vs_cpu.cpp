@@ -13,7 +13,7 @@ using qrms::Dtype;
 
 namespace {
 
-enum class Variant { Bits32, Blockwise8, Tensor8 };
+enum class Variant { Bits32, Blockwise8, Tensor8, Blockwise4 };
 enum class Option { None, Momentum, WeightDecay, SkipZeros, Clipping, MaxUnorm, All, Stochastic, UnsignedMap };
 
 const char *variant_name(Variant v) {
@@ -24,6 +24,8 @@ const char *variant_name(Variant v) {
       return "8-bit block-wise";
     case Variant::Tensor8:
       return "8-bit per-tensor";
+    case Variant::Blockwise4:
+      return "4-bit";
   }
   return "?";
 }
@@ -65,7 +67,7 @@ std::unique_ptr<qrms::Optimizer1State> make_opt(Variant v, Option o, qrms::Devic
   if (o == Option::UnsignedMap) args.state_map = qrms::StateMap::Unsigned;
   if (o == Option::Clipping || o == Option::All) args.percentile_clipping = 50;
   if (o == Option::MaxUnorm || o == Option::All) args.max_unorm = 1.0f;
-  const int bits = v == Variant::Bits32 ? 32 : 8;
+  const int bits = v == Variant::Bits32 ? 32 : v == Variant::Blockwise4 ? 4 : 8;
   if (o == Option::Stochastic) {  // same random bits on both backends: exact
     qrms::Config c;
     c.optim_bits = bits;
@@ -166,9 +168,10 @@ void run_case(const Case &c) {
       if (exact) {
         CHECK(ds.mismatches == 0);
       } else {
-        // 8-bit: a code one step away is at most a few percent of the scale.
+        // 8-bit: a code one step away is at most a few percent of the scale;
+        // 4-bit: up to a quarter of it (the momentum map's widest step).
         CHECK(ds.fraction() <= 0.01);
-        CHECK(ds.max_abs_diff <= 0.05 * ds.max_abs + 1e-30);
+        CHECK(ds.max_abs_diff <= (c.variant == Variant::Blockwise4 ? 0.25 : 0.05) * ds.max_abs + 1e-30);
       }
     }
   }
@@ -181,7 +184,7 @@ const std::vector<int64_t> kSizes = {300, 4096, 5000, 70001, 262144 + 8};
 }  // namespace
 
 TEST_CASE("GPU matches CPU: every variant x dtype x option", "[gpu][matrix]") {
-  const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8);
+  const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8, Variant::Blockwise4);
   const Dtype d = GENERATE(Dtype::Float32, Dtype::Float16, Dtype::BFloat16);
   const Option o = GENERATE(Option::None, Option::Momentum, Option::WeightDecay, Option::SkipZeros, Option::Clipping,
                             Option::MaxUnorm, Option::All, Option::Stochastic, Option::UnsignedMap);
@@ -189,7 +192,7 @@ TEST_CASE("GPU matches CPU: every variant x dtype x option", "[gpu][matrix]") {
 }
 
 TEST_CASE("GPU matches CPU: small subset for the sanitizers", "[gpu][sanitize]") {
-  const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8);
+  const Variant v = GENERATE(Variant::Bits32, Variant::Blockwise8, Variant::Tensor8, Variant::Blockwise4);
   const Option o = GENERATE(Option::Momentum, Option::All, Option::Stochastic, Option::UnsignedMap);
   run_case(Case{v, Dtype::BFloat16, o, {300, 4100, 9000}, 3});
 }
@@ -200,17 +203,19 @@ TEST_CASE("GPU matches CPU: mixed dtypes and configs in one optimizer", "[gpu]")
   qrms::Args args;
   auto cpu = std::make_unique<qrms::RMSprop8bit>(1e-2f, 0.95f, 1e-8f, 0.0f, 0.5f, false, args, qrms::Device::CPU, 0);
   auto gpu = std::make_unique<qrms::RMSprop8bit>(1e-2f, 0.95f, 1e-8f, 0.0f, 0.5f, false, args, qrms::Device::CUDA, 0);
+  enum Kind { kBlockwise8, kTensor8, kBits4 };
   struct P {
     Dtype d;
     int64_t n;
-    bool tensor8;
+    Kind kind;
     std::vector<uint8_t> hp, hg;
     DevBuf dp, dg;
   };
   std::vector<P> ps;
   for (Dtype d : {Dtype::Float32, Dtype::Float16, Dtype::BFloat16})
     for (int64_t n : {1000, 20000})
-      for (bool t8 : {false, true}) ps.push_back(P{d, n + (t8 ? 3 : 0), t8, {}, {}, DevBuf(), DevBuf()});
+      for (Kind kind : {kBlockwise8, kTensor8, kBits4})
+        ps.push_back(P{d, n + (kind == kTensor8 ? 3 : kind == kBits4 ? 5 : 0), kind, {}, {}, DevBuf(), DevBuf()});
   for (size_t k = 0; k < ps.size(); ++k) {
     P &p = ps[k];
     const size_t bytes = size_t(p.n) * dtype_size(p.d);
@@ -222,14 +227,21 @@ TEST_CASE("GPU matches CPU: mixed dtypes and configs in one optimizer", "[gpu]")
     CUDA_REQUIRE(cudaMemcpy(p.dg.get(), p.hg.data(), bytes, cudaMemcpyHostToDevice));
     const int64_t ic = cpu->add_param(p.hp.data(), p.hg.data(), p.d, p.n);
     const int64_t ig = gpu->add_param(p.dp.get(), p.dg.get(), p.d, p.n);
-    if (p.tensor8 || p.n > 10000) {
+    if (p.kind == kTensor8 || (p.kind == kBlockwise8 && p.n > 10000)) {
       qrms::Config cfg = cpu->config();
-      if (p.tensor8) {
+      if (p.kind == kTensor8) {
         cfg.args.block_wise = false;
         cfg.args.skip_zeros = true;
         cfg.weight_decay = 0.02f;
       }
       if (p.n > 10000) cfg.args.state_map = qrms::StateMap::Unsigned;  // groups of their own
+      cpu->set_param_config(ic, cfg);
+      gpu->set_param_config(ig, cfg);
+    }
+    if (p.kind == kBits4) {
+      qrms::Config cfg = cpu->config();
+      cfg.optim_bits = 4;
+      cfg.weight_decay = 0.01f;
       cpu->set_param_config(ic, cfg);
       gpu->set_param_config(ig, cfg);
     }
@@ -241,7 +253,7 @@ TEST_CASE("GPU matches CPU: mixed dtypes and configs in one optimizer", "[gpu]")
   CUDA_REQUIRE(cudaDeviceSynchronize());
   for (size_t k = 0; k < ps.size(); ++k) {
     P &p = ps[k];
-    CAPTURE(k, dtype_name(p.d), p.n, p.tensor8);
+    CAPTURE(k, dtype_name(p.d), p.n, int(p.kind));
     std::vector<uint8_t> back(p.hp.size());
     CUDA_REQUIRE(cudaMemcpy(back.data(), p.dp.get(), back.size(), cudaMemcpyDeviceToHost));
     CHECK(back == p.hp);

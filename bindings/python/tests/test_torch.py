@@ -110,6 +110,23 @@ def test_8bit_close_to_torch_optim(device, momentum):
     assert opt.state_bytes() == (8192 + 32 * 4) * (2 if momentum > 0 else 1) + 8  # + the step counter
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_4bit_close_to_torch_optim(device, momentum):
+    shapes = [(64, 128)]  # 8192 elements: 4-bit state
+    make = clone_params(shapes, device=device)
+    grads = fixed_grads(shapes, 30, device=device)
+    ours, ref = make(), make()
+    opt = run_with_grads(qtorch.RMSprop4bit, ours, grads, lr=1e-3, momentum=momentum)
+    run_with_grads(torch.optim.RMSprop, ref, grads, lr=1e-3, momentum=momentum)
+    start = make()[0].detach().cpu()
+    moved = (ref[0].detach().cpu() - start).abs()
+    err = (ours[0].detach().cpu() - ref[0].detach().cpu()).abs()
+    assert err.mean() < (0.4 if momentum > 0 else 0.15) * moved.mean()  # see test_numpy's 4-bit test
+    assert err.max() < 0.6 * moved.max()
+    assert opt.state_bytes() == (4096 + 64 * 4) * (2 if momentum > 0 else 1) + 8  # + the step counter
+
+
 def test_rmsprop_optim_bits_8_and_min_8bit_size():
     big = torch.nn.Parameter(torch.zeros(8192))
     small = torch.nn.Parameter(torch.zeros(100))
@@ -125,7 +142,7 @@ def test_signatures_match_bitsandbytes():
     defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False, args=None,
                     min_8bit_size=4096, percentile_clipping=100, block_wise=True)
     for cls, names in [(qtorch.RMSprop, common + ["optim_bits"] + tail), (qtorch.RMSprop8bit, common + tail),
-                       (qtorch.RMSprop32bit, common + tail)]:
+                       (qtorch.RMSprop32bit, common + tail), (qtorch.RMSprop4bit, common + tail)]:
         sig = inspect.signature(cls.__init__)
         positional = [n for n, p in sig.parameters.items()
                       if n != "self" and p.kind == p.POSITIONAL_OR_KEYWORD]

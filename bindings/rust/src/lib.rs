@@ -160,13 +160,15 @@ fn to_i64(n: usize, what: &str) -> Result<i64> {
 
 // ---- small enums -------------------------------------------------------------
 
-/// Which optimizer: `RMSprop` takes `optim_bits` from the config; the other
-/// two fix it to 8 and 32 (bitsandbytes' RMSprop8bit / RMSprop32bit).
+/// Which optimizer: `RMSprop` takes `optim_bits` from the config; the others
+/// fix it to 8 and 32 (bitsandbytes' RMSprop8bit / RMSprop32bit) and 4
+/// (4-bit block-wise state, qrmsprop's own).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Variant {
     RMSprop,
     RMSprop8bit,
     RMSprop32bit,
+    RMSprop4bit,
 }
 
 impl Variant {
@@ -175,6 +177,7 @@ impl Variant {
             Variant::RMSprop => sys::QRMS_RMSPROP,
             Variant::RMSprop8bit => sys::QRMS_RMSPROP_8BIT,
             Variant::RMSprop32bit => sys::QRMS_RMSPROP_32BIT,
+            Variant::RMSprop4bit => sys::QRMS_RMSPROP_4BIT,
         }
     }
 }
@@ -494,7 +497,7 @@ struct ParamSlot {
 pub struct ParamInfo {
     pub numel: usize,
     pub dtype: Dtype,
-    /// Precision of its state: 8 or 32.
+    /// Precision of its state: 4, 8 or 32.
     pub state_bits: i32,
 }
 

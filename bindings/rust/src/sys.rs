@@ -26,6 +26,7 @@ pub type qrms_variant_t = i32;
 pub const QRMS_RMSPROP: qrms_variant_t = 0;
 pub const QRMS_RMSPROP_8BIT: qrms_variant_t = 1;
 pub const QRMS_RMSPROP_32BIT: qrms_variant_t = 2;
+pub const QRMS_RMSPROP_4BIT: qrms_variant_t = 3;
 
 pub const QRMS_STATE_SQUARE_AVG: i32 = 0;
 pub const QRMS_STATE_MOMENTUM: i32 = 1;

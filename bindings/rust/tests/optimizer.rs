@@ -165,6 +165,16 @@ fn training_converges_8bit() {
 }
 
 #[test]
+fn training_converges_4bit() {
+    let cfg = Config { momentum: 0.5, ..Config::default() };
+    let (start, end, bytes) = train_quadratic(Variant::RMSprop4bit, cfg, 8192, 400);
+    assert!(end < start * 1e-2, "{start} -> {end}");
+    assert_eq!(bytes, 2 * (8192 / 2 + 64 * 4) + 8); // two codes per byte + absmax per 128, twice; the step counter
+    let (_, _, bytes) = train_quadratic(Variant::RMSprop, Config { optim_bits: 4, ..cfg }, 8191, 1);
+    assert_eq!(bytes, 2 * (8192 / 2 + 64 * 4) + 8); // an odd count: the last byte holds one code
+}
+
+#[test]
 fn not_implemented_errors_carry_status_and_spec_message() {
     let cases = [
         (Config { alpha: 0.0, ..Config::default() }, "RMSprop with alpha==0.0 is not supported!"),
@@ -243,6 +253,7 @@ fn save_load_round_trip() {
         (Variant::RMSprop8bit, Config { momentum: 0.9, percentile_clipping: 90, ..Config::default() }),
         (Variant::RMSprop8bit, Config { block_wise: false, ..Config::default() }),
         (Variant::RMSprop8bit, Config { momentum: 0.9, state_map: StateMap::Unsigned, ..Config::default() }),
+        (Variant::RMSprop4bit, Config { momentum: 0.9, ..Config::default() }),
     ] {
         let n = 5000;
         let mut rng = Rng(99);

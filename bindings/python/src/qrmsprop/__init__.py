@@ -8,7 +8,7 @@ RMSprop / RMSprop8bit / RMSprop32bit) through the library's C ABI, on ctypes.
     opt.step()
 
 For PyTorch, `qrmsprop.torch` has RMSprop, RMSprop8bit and RMSprop32bit with
-bitsandbytes' signatures. The shared library is found through QRMS_LIBRARY,
+bitsandbytes' signatures, and RMSprop4bit (4-bit state). The shared library is found through QRMS_LIBRARY,
 QRMS_PREFIX, the copy inside this package (a wheel carries one), then the
 system (see qrmsprop._lib); build_info() says which and what it has.
 """

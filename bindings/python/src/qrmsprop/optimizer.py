@@ -10,8 +10,9 @@ VARIANTS = {
     "rmsprop": _lib.RMSPROP,
     "rmsprop8bit": _lib.RMSPROP_8BIT,
     "rmsprop32bit": _lib.RMSPROP_32BIT,
+    "rmsprop4bit": _lib.RMSPROP_4BIT,
 }
-_VARIANT_BITS = {_lib.RMSPROP_8BIT: 8, _lib.RMSPROP_32BIT: 32}
+_VARIANT_BITS = {_lib.RMSPROP_8BIT: 8, _lib.RMSPROP_32BIT: 32, _lib.RMSPROP_4BIT: 4}
 
 # bitsandbytes' names for the fields of qrms_config (SPEC section 2).
 CONFIG_KEYS = (
@@ -36,7 +37,7 @@ _OPTIMIZER_WIDE_KEYS = ("skip_nonfinite",)
 
 ParamInfo = namedtuple("ParamInfo", "numel dtype state_bits")
 ParamInfo.__doc__ = """What a parameter is: numel, dtype ('float32', 'float16' or 'bfloat16') and the
-precision of its state (8 or 32 bits)."""
+precision of its state (4, 8 or 32 bits)."""
 _STATES = {"square_avg": _lib.STATE_SQUARE_AVG, "momentum": _lib.STATE_MOMENTUM}
 # state_map: the map of 8-bit square-average state, by name.
 _STATE_MAPS = {"signed": _lib.MAP_SIGNED, "unsigned": _lib.MAP_UNSIGNED}
@@ -105,8 +106,9 @@ def parse_device(device):
 class Optimizer:
     """An RMSprop optimizer of the qrmsprop library.
 
-    variant: 'rmsprop' (optim_bits from the config), 'rmsprop8bit' or
-    'rmsprop32bit' (optim_bits fixed). device: 'cpu', 'cuda' or 'cuda:N'.
+    variant: 'rmsprop' (optim_bits from the config), 'rmsprop8bit',
+    'rmsprop32bit' or 'rmsprop4bit' (optim_bits fixed). device: 'cpu',
+    'cuda' or 'cuda:N'.
     config: bitsandbytes' names (lr, alpha, eps, weight_decay, momentum,
     centered, optim_bits, min_8bit_size, percentile_clipping, block_wise,
     max_unorm, skip_zeros), and state_map ('signed', the default, or
@@ -131,7 +133,7 @@ class Optimizer:
                 raise ValueError("variant must be one of %s, got %r" % (", ".join(VARIANTS), variant))
             variant = VARIANTS[key]
         elif variant not in VARIANTS.values():
-            raise ValueError("variant must be one of %s or 0/1/2, got %r" % (", ".join(VARIANTS), variant))
+            raise ValueError("variant must be one of %s or 0/1/2/3, got %r" % (", ".join(VARIANTS), variant))
         fixed = _VARIANT_BITS.get(variant)
         if fixed is not None:
             given = config.get("optim_bits")

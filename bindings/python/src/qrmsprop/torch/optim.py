@@ -1,4 +1,4 @@
-"""RMSprop, RMSprop8bit and RMSprop32bit as torch.optim.Optimizer subclasses
+"""RMSprop, RMSprop8bit, RMSprop32bit and RMSprop4bit as torch.optim.Optimizer subclasses
 with bitsandbytes' constructor signatures, running on libqrmsprop.
 
 * Parameters are used in place (no copies). Each step points the library at
@@ -147,6 +147,8 @@ class _QrmsOptimizer(torch.optim.Optimizer):
             cfg["optim_bits"] = 8
         elif self._variant == _lib.RMSPROP_32BIT:
             cfg["optim_bits"] = 32
+        elif self._variant == _lib.RMSPROP_4BIT:
+            cfg["optim_bits"] = 4
         return cfg
 
     @staticmethod
@@ -335,7 +337,7 @@ class _QrmsOptimizer(torch.optim.Optimizer):
 
 
 class RMSprop(_QrmsOptimizer):
-    """bitsandbytes.optim.RMSprop: optim_bits 32 (default) or 8."""
+    """bitsandbytes.optim.RMSprop: optim_bits 32 (default), 8 or 4 (qrmsprop's 4-bit state)."""
 
     _variant = _lib.RMSPROP
 
@@ -367,4 +369,18 @@ class RMSprop32bit(_QrmsOptimizer):
                  args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True, *,
                  max_unorm=0.0, skip_zeros=False):
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, 32, args,
+                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros)
+
+
+class RMSprop4bit(_QrmsOptimizer):
+    """qrmsprop's 4-bit state (no bitsandbytes counterpart): blocks of 128,
+    a square-average map without a zero code, a signed map for the momentum
+    buffer; tensors below min_8bit_size keep 32-bit state."""
+
+    _variant = _lib.RMSPROP_4BIT
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
+                 args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True, *,
+                 max_unorm=0.0, skip_zeros=False):
+        super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, 4, args,
                          min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros)
