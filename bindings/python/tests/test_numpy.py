@@ -503,3 +503,42 @@ def test_param_info():
     assert opt.param_info(1).state_bits == 32
     with pytest.raises(qrmsprop.InvalidArgumentError, match="out of range"):
         opt.param_info(2)
+
+
+def test_stochastic_rounding_of_bfloat16_params_is_keyed_by_the_seed():
+    # Updates of 1e-3 and less on bfloat16 weights near 1 (spacing 2^-8):
+    # round-to-nearest loses every one; stochastic rounding keeps their mean.
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    n, steps = 4096, 20
+    p0 = np.ones(n, ml_dtypes.bfloat16)
+    grads = [np.ones(n, ml_dtypes.bfloat16)] * steps
+
+    def run(**kw):
+        p, opt = run_optimizer("rmsprop", p0, grads, lr=1e-4, **kw)
+        assert opt.config["stochastic_rounding"] == kw.get("stochastic_rounding", False)
+        assert opt.param_config(0)["seed"] == kw.get("seed", 0)
+        return p.view(np.uint16)
+
+    a = run(stochastic_rounding=True, seed=42)
+    np.testing.assert_array_equal(a, run(stochastic_rounding=True, seed=42))
+    assert np.any(a != run(stochastic_rounding=True, seed=43))
+    nearest = run()
+    assert np.all(nearest.view(ml_dtypes.bfloat16).astype(np.float32) == 1.0)
+    exact, _, _ = reference_rmsprop(np.ones(1, np.float32), [np.ones(1, np.float32)] * steps, lr=1e-4)
+    mean = a.view(ml_dtypes.bfloat16).astype(np.float64).mean()
+    assert abs(mean - exact[0]) < 0.1 * (1.0 - exact[0]), (mean, exact[0])
+
+
+def test_stochastic_rounding_and_seed_are_optimizer_wide_and_checked():
+    opt = qrmsprop.Optimizer("rmsprop", stochastic_rounding=True, seed=2**64 - 1)
+    assert opt.config["seed"] == 2**64 - 1
+    p = np.zeros(8, np.float32)
+    opt.add_param(p, np.ones_like(p))
+    with pytest.raises(ValueError, match="optimizer-wide"):
+        opt.set_param_config(0, seed=3)
+    with pytest.raises(ValueError, match="optimizer-wide"):
+        opt.set_param_config(0, stochastic_rounding=False)
+    opt.set_param_config(0, lr=0.5, seed=2**64 - 1)  # unchanged wide keys pass
+    for bad in (-1, 2**64, 1.5):
+        with pytest.raises(ValueError, match="seed"):
+            qrmsprop.Optimizer("rmsprop", seed=bad)

@@ -418,3 +418,30 @@ def test_switch_demo_same_losses_as_bitsandbytes_32bit():
     assert len(losses[0]) == len(losses[1]) == 4  # steps 1, 25, 50, final
     for a, b in zip(*losses):
         assert abs(a - b) <= 1e-4 * abs(a), runs
+
+
+def test_state_map_and_stochastic_rounding_options():
+    # state_map: per optimizer and through override-free args; bad values are refused.
+    shapes = [(4096,)]
+    make = clone_params(shapes)
+    grads = fixed_grads(shapes, 5)
+    runs = {}
+    for state_map in ("signed", "unsigned"):
+        ps = make()
+        run_with_grads(qtorch.RMSprop8bit, ps, grads, lr=1e-3, min_8bit_size=0, state_map=state_map)
+        runs[state_map] = ps[0].detach().clone()
+    assert not torch.equal(runs["signed"], runs["unsigned"])
+    with pytest.raises(ValueError, match="state_map"):
+        qtorch.RMSprop8bit(make(), state_map="both")
+    # stochastic rounding of bfloat16 weights: keyed by the seed, unbiased
+    # where round-to-nearest loses every update.
+    def bf16_run(**kw):
+        p = [torch.nn.Parameter(torch.ones(4096, dtype=torch.bfloat16))]
+        g = [(torch.ones(4096, dtype=torch.bfloat16),)] * 20
+        run_with_grads(qtorch.RMSprop, p, g, lr=1e-4, **kw)
+        return p[0].detach().clone()
+    a = bf16_run(stochastic_rounding=True, seed=42)
+    assert torch.equal(a.view(torch.int16), bf16_run(stochastic_rounding=True, seed=42).view(torch.int16))
+    assert not torch.equal(a, bf16_run(stochastic_rounding=True, seed=43))
+    assert torch.all(bf16_run() == 1.0)
+    assert a.float().mean().item() < 1.0 - 0.004  # the float32 trajectory ends near 0.9915

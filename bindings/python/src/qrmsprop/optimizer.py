@@ -30,10 +30,12 @@ CONFIG_KEYS = (
     "skip_zeros",
     "skip_nonfinite",
     "state_map",
+    "stochastic_rounding",
+    "seed",
 )
-_BOOL_KEYS = ("centered", "block_wise", "skip_zeros", "skip_nonfinite")
+_BOOL_KEYS = ("centered", "block_wise", "skip_zeros", "skip_nonfinite", "stochastic_rounding")
 # Optimizer-wide keys: read by qrms_optimizer_create, ignored in per-parameter configs.
-_OPTIMIZER_WIDE_KEYS = ("skip_nonfinite",)
+_OPTIMIZER_WIDE_KEYS = ("skip_nonfinite", "stochastic_rounding", "seed")
 
 ParamInfo = namedtuple("ParamInfo", "numel dtype state_bits")
 ParamInfo.__doc__ = """What a parameter is: numel, dtype ('float32', 'float16' or 'bfloat16') and the
@@ -75,15 +77,17 @@ def make_config(**values):
             if v and c.struct_size <= _lib.qrms_config.state_map.offset:
                 raise NotImplementedError("state_map needs a newer libqrmsprop (its qrms_config has no "
                                           "state_map field)")
-        elif k in ("optim_bits", "min_8bit_size", "percentile_clipping"):
+        elif k in ("optim_bits", "min_8bit_size", "percentile_clipping", "seed"):
             if isinstance(v, bool) or int(v) != v:
                 raise ValueError("%s must be an integer, got %r" % (k, v))
             v = int(v)
+            if k == "seed" and not 0 <= v < 2**64:
+                raise ValueError("seed must be in [0, 2**64), got %r" % (v,))
         else:
             v = float(v)
-        if k == "skip_nonfinite" and v and c.struct_size <= _lib.qrms_config.skip_nonfinite.offset:
-            raise NotImplementedError("skip_nonfinite needs a newer libqrmsprop (its qrms_config has no "
-                                      "skip_nonfinite field)")
+        if k in ("skip_nonfinite", "stochastic_rounding", "seed") and v and \
+                c.struct_size <= getattr(_lib.qrms_config, k).offset:
+            raise NotImplementedError("%s needs a newer libqrmsprop (its qrms_config has no %s field)" % (k, k))
         try:
             setattr(c, k, v)
         except (TypeError, OverflowError) as e:
@@ -120,13 +124,21 @@ class Optimizer:
     set_grad_unscale, if any) hold an inf or NaN changes nothing, for every
     parameter, and sets the found-inf flag (found_inf(), found_inf_ptr()).
 
+    stochastic_rounding=True: the final rounding of float16 / bfloat16
+    parameters is unbiased-stochastic, with random bits from Philox keyed by
+    seed (an integer in [0, 2**64)), the step and the element's index:
+    reproducible, and the same on the CPU and a GPU. float32 parameters are
+    unaffected. skip_nonfinite, stochastic_rounding and seed are
+    optimizer-wide.
+
     Parameters and gradients are used in place, never copied: the optimizer
     keeps a reference to every array it was given, so their memory stays
     valid while it may use them. One optimizer must not be used from two
     threads at once; this wrapper serialises its own calls with a lock.
     """
 
-    def __init__(self, variant="rmsprop", device="cpu", *, skip_nonfinite=False, **config):
+    def __init__(self, variant="rmsprop", device="cpu", *, skip_nonfinite=False, stochastic_rounding=False, seed=0,
+                 **config):
         if isinstance(variant, str):
             key = variant.lower().replace("_", "").replace("-", "")
             if key not in VARIANTS:
@@ -141,6 +153,8 @@ class Optimizer:
                 raise ValueError("optim_bits=%r conflicts with the variant, which fixes it to %d" % (given, fixed))
             config["optim_bits"] = fixed
         config["skip_nonfinite"] = bool(skip_nonfinite)
+        config["stochastic_rounding"] = bool(stochastic_rounding)
+        config["seed"] = seed
         self._lib = _lib.load_library()
         self._handle = None
         self._unscale = None  # Buffer of the unscale factor (kept alive) or None
@@ -329,8 +343,7 @@ class Optimizer:
             unknown = sorted(set(overrides) - set(CONFIG_KEYS))
             if unknown:
                 raise TypeError("unknown config keys %s; known: %s" % (unknown, ", ".join(CONFIG_KEYS)))
-            wide = sorted(k for k in _OPTIMIZER_WIDE_KEYS
-                          if k in overrides and bool(overrides[k]) != bool(self._config[k]))
+            wide = sorted(k for k in _OPTIMIZER_WIDE_KEYS if k in overrides and overrides[k] != self._config[k])
             if wide:
                 raise ValueError("%s is optimizer-wide: give it to the Optimizer, not to one parameter"
                                  % ", ".join(wide))

@@ -9,6 +9,10 @@ with bitsandbytes' constructor signatures, running on libqrmsprop.
   (or 'alpha' / 'momentum' keys), eps and weight_decay are read from the
   group at every step, so LR schedulers work. GlobalOptimManager.override_config
   gives single parameters their own optim_bits, lr, ... as in bitsandbytes.
+* Beyond bitsandbytes, keyword-only: state_map ('signed', the default, or
+  'unsigned' for 8-bit square averages; per parameter through args or
+  override_config too), stochastic_rounding and seed (float16 / bfloat16
+  parameters rounded stochastically, reproducibly; optimizer-wide).
 * state_dict() carries the library's checksummed save blob(s) as uint8
   tensors under the key 'qrmsprop'; load_state_dict() restores them. The
   format is qrmsprop's own: a bitsandbytes state dict cannot be loaded.
@@ -21,7 +25,8 @@ from .. import _lib
 from .._errors import check
 from ..optimizer import Optimizer as _QOptimizer
 
-_ARG_KEYS = ("optim_bits", "min_8bit_size", "percentile_clipping", "block_wise", "max_unorm", "skip_zeros")
+_ARG_KEYS = ("optim_bits", "min_8bit_size", "percentile_clipping", "block_wise", "max_unorm", "skip_zeros",
+             "state_map")
 _OVERRIDE_KEYS = ("lr", "betas", "alpha", "momentum", "eps", "weight_decay") + _ARG_KEYS
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _STATE_DICT_FORMAT = 1
@@ -87,7 +92,8 @@ class GlobalOptimManager:
 
 
 class _Args:
-    def __init__(self, optim_bits, min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros):
+    def __init__(self, optim_bits, min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros, state_map):
+        self.state_map = state_map
         self.optim_bits = optim_bits
         self.min_8bit_size = min_8bit_size
         self.percentile_clipping = percentile_clipping
@@ -108,7 +114,8 @@ class _QrmsOptimizer(torch.optim.Optimizer):
     _variant = _lib.RMSPROP
 
     def __init__(self, params, lr, alpha, eps, weight_decay, momentum, centered, optim_bits, args,
-                 min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros):
+                 min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros, state_map,
+                 stochastic_rounding, seed):
         # The bitsandbytes checks first, with its messages; the library then
         # validates everything else the same way (ValueError / NotImplementedError).
         if alpha == 0:
@@ -123,7 +130,10 @@ class _QrmsOptimizer(torch.optim.Optimizer):
             block_wise=_args_value(args, "block_wise", block_wise),
             max_unorm=_args_value(args, "max_unorm", max_unorm),
             skip_zeros=_args_value(args, "skip_zeros", skip_zeros),
+            state_map=_args_value(args, "state_map", state_map),
         )
+        # Optimizer-wide (not per group or parameter).
+        self._qrms_wide = dict(stochastic_rounding=bool(stochastic_rounding), seed=seed)
         defaults = dict(lr=lr, betas=(alpha, momentum), eps=eps, weight_decay=weight_decay)
         super().__init__(params, defaults)
         self._qrms_base = self._group_config(self.defaults)
@@ -143,6 +153,7 @@ class _QrmsOptimizer(torch.optim.Optimizer):
         )
         for k in _ARG_KEYS:
             cfg[k] = getattr(self.args, k)
+        cfg.update(self._qrms_wide)
         if self._variant == _lib.RMSPROP_8BIT:
             cfg["optim_bits"] = 8
         elif self._variant == _lib.RMSPROP_32BIT:
@@ -343,9 +354,10 @@ class RMSprop(_QrmsOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
                  optim_bits=32, args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True, *,
-                 max_unorm=0.0, skip_zeros=False):
+                 max_unorm=0.0, skip_zeros=False, state_map="signed", stochastic_rounding=False, seed=0):
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, optim_bits, args,
-                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros)
+                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros,
+                         state_map, stochastic_rounding, seed)
 
 
 class RMSprop8bit(_QrmsOptimizer):
@@ -355,9 +367,10 @@ class RMSprop8bit(_QrmsOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
                  args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True, *,
-                 max_unorm=0.0, skip_zeros=False):
+                 max_unorm=0.0, skip_zeros=False, state_map="signed", stochastic_rounding=False, seed=0):
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, 8, args,
-                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros)
+                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros,
+                         state_map, stochastic_rounding, seed)
 
 
 class RMSprop32bit(_QrmsOptimizer):
@@ -367,9 +380,10 @@ class RMSprop32bit(_QrmsOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
                  args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True, *,
-                 max_unorm=0.0, skip_zeros=False):
+                 max_unorm=0.0, skip_zeros=False, state_map="signed", stochastic_rounding=False, seed=0):
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, 32, args,
-                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros)
+                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros,
+                         state_map, stochastic_rounding, seed)
 
 
 class RMSprop4bit(_QrmsOptimizer):
@@ -381,6 +395,7 @@ class RMSprop4bit(_QrmsOptimizer):
 
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False,
                  args=None, min_8bit_size=4096, percentile_clipping=100, block_wise=True, *,
-                 max_unorm=0.0, skip_zeros=False):
+                 max_unorm=0.0, skip_zeros=False, state_map="signed", stochastic_rounding=False, seed=0):
         super().__init__(params, lr, alpha, eps, weight_decay, momentum, centered, 4, args,
-                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros)
+                         min_8bit_size, percentile_clipping, block_wise, max_unorm, skip_zeros,
+                         state_map, stochastic_rounding, seed)
