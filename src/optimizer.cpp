@@ -23,7 +23,9 @@ Layout Layout::of(const Config &cfg, int64_t n) {
   l.momentum = cfg.momentum > 0.0f;
   l.clip = cfg.args.percentile_clipping < 100;
   l.unorm = cfg.args.max_unorm > 0.0f;
-  l.unsigned_map = l.kind != StateKind::Float32 && cfg.args.state_map == StateMap::Unsigned;
+  // The 8-bit kinds only: 4-bit state has fixed maps, 32-bit none.
+  l.unsigned_map = (l.kind == StateKind::Blockwise8 || l.kind == StateKind::Tensor8) &&
+                   cfg.args.state_map == StateMap::Unsigned;
   return l;
 }
 

@@ -52,7 +52,8 @@ std::shared_ptr<const QuantTable> QuantTable::of(const float *qmap) {
   for (int i = 0; i < 256; ++i)
     if (!std::isfinite(qmap[i]) || (i > 0 && !(qmap[i - 1] <= qmap[i]))) return nullptr;
 
-  // A few recently used maps; optimizers use one map for their lifetime.
+  // A few recently used maps; an optimizer uses at most two (signed and
+  // unsigned) for its lifetime.
   static std::mutex mutex;
   static std::vector<std::shared_ptr<const QuantTable>> cache;
   constexpr size_t kCached = 8;

@@ -610,6 +610,23 @@ TEST_CASE("4-bit state: the blob's record and its buffers", "[state][4bit]") {
   CHECK(peek<uint64_t>(blob, kBuffers + 8 + 150 + 8 + 12) == 150u);  // b
 }
 
+// 4-bit state has fixed maps: state_map does not change its layout, so a
+// blob saved with either value loads under the other, bit for bit.
+TEST_CASE("4-bit state ignores state_map: blobs load across it", "[state][4bit]") {
+  Spec s = small_spec4();
+  Model src = build(s, 3);
+  s.cfg.args.state_map = qrms::StateMap::Unsigned;
+  Model other = build(s, 3);
+  train(src, 0, 3);
+  train(other, 0, 3);
+  const std::vector<uint8_t> blob = src.opt->save();
+  other.opt->load(blob.data(), blob.size());
+  train(src, 3, 5);
+  train(other, 3, 5);
+  for (size_t i = 0; i < src.p.size(); ++i) CHECK(src.p[i].same_bits(other.p[i]));
+  CHECK(src.opt->read_state(0, 0) == other.opt->read_state(0, 0));
+}
+
 TEST_CASE("4-bit blobs with a valid checksum but bad content are refused and change nothing", "[state][4bit]") {
   const Spec s = small_spec4();
   Model src = build(s, 3);

@@ -122,8 +122,8 @@ typedef struct qrms_config {
   int32_t state_map; /* QRMS_MAP_*: the map of 8-bit square-average state. QRMS_MAP_UNSIGNED
                         spends all 256 codes on the non-negative square average (about twice
                         the resolution of the default signed map, whose results are those of
-                        bitsandbytes); the momentum buffer keeps the signed map and 32-bit
-                        state is unaffected. Per parameter. Bytes after it are tail padding
+                        bitsandbytes); the momentum buffer keeps the signed map; 32-bit and
+                        4-bit state (fixed maps) are unaffected. Per parameter. Bytes after it are tail padding
                         (a later field starts at sizeof of this layout). */
 } qrms_config;
 

@@ -25,7 +25,8 @@ namespace qrms {
 
 enum class Device : int32_t { CPU = QRMS_DEVICE_CPU, CUDA = QRMS_DEVICE_CUDA };
 enum class Dtype : int32_t { Float32 = QRMS_FLOAT32, Float16 = QRMS_FLOAT16, BFloat16 = QRMS_BFLOAT16 };
-// The map of 8-bit square-average state (qrms_config.state_map).
+// The map of 8-bit square-average state (qrms_config.state_map); 4-bit state
+// has fixed maps and ignores it.
 enum class StateMap : int32_t { Signed = QRMS_MAP_SIGNED, Unsigned = QRMS_MAP_UNSIGNED };
 
 class Error : public std::runtime_error {
@@ -57,7 +58,7 @@ struct Args {
   float max_unorm = 0.0f;
   bool skip_zeros = false;
   // The map of 8-bit square-average state (the momentum buffer keeps the
-  // signed map; 32-bit state ignores it).
+  // signed map; 32-bit and 4-bit state ignore it).
   StateMap state_map = StateMap::Signed;
 };
 

@@ -396,8 +396,8 @@ pub struct Config {
     pub stochastic_rounding: bool,
     /// Key of the stochastic rounding generator (any value).
     pub seed: u64,
-    /// The map of 8-bit square-average state (per parameter; 32-bit state
-    /// ignores it).
+    /// The map of 8-bit square-average state (per parameter; 32-bit and 4-bit
+    /// state ignore it).
     pub state_map: StateMap,
 }
 
