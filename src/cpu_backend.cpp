@@ -18,6 +18,7 @@
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
+#include <cpuid.h>
 #include <immintrin.h>
 #endif
 
@@ -59,8 +60,11 @@ CpuSimd best_simd() {
   if (env && std::strcmp(env, "baseline") == 0) return CpuSimd::Baseline;
 #if QRMS_CPU_AVX2
   __builtin_cpu_init();  // needed when this runs during static initialisation
-  // Every AVX2 CPU has F16C; the AVX2 loops use both.
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) return CpuSimd::Avx2;
+  // The AVX2 loops use F16C too; clang's __builtin_cpu_supports does not
+  // know "f16c", so CPUID leaf 1 (ECX) is read directly.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+  if (__builtin_cpu_supports("avx2") && f16c) return CpuSimd::Avx2;
 #endif
   return CpuSimd::Baseline;
 }
