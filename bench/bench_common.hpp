@@ -16,13 +16,14 @@
 namespace qrms_bench {
 
 // How a variant stores the state of a tensor.
-enum class Variant : int { Bits32 = 0, Blockwise8 = 1, Tensor8 = 2 };
+enum class Variant : int { Bits32 = 0, Blockwise8 = 1, Tensor8 = 2, Blockwise4 = 3 };
 
 inline const char *variant_name(Variant v) {
   switch (v) {
     case Variant::Bits32: return "32bit";
     case Variant::Blockwise8: return "8bit_blockwise";
     case Variant::Tensor8: return "8bit_tensor";
+    case Variant::Blockwise4: return "4bit_blockwise";
   }
   return "?";
 }
@@ -44,8 +45,9 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // writes), SPEC/DESIGN: param read and written, grad read, each state buffer
 // (square average, and the momentum buffer when momentum > 0) read and
 // written: 4 + 4 bytes (32-bit) or 1 + 1 byte plus its scales (8-bit:
-// ceil(n/256) absmax floats block-wise, {max1, new_max1} per tensor). A tensor
-// below min_8bit_size keeps 32-bit state in the 8-bit variants.
+// ceil(n/256) absmax floats block-wise, {max1, new_max1} per tensor; 4-bit:
+// ceil(n/2) bytes of codes and ceil(n/128) absmax floats). A tensor below
+// min_8bit_size keeps 32-bit state in the 8-bit and 4-bit variants.
 //
 // For the per-tensor 8-bit variant this is the single-pass floor. The SPEC
 // algorithm needs a first pass that reads grad and state (and param with
@@ -56,6 +58,7 @@ inline int64_t step_bytes(Variant v, qrms_dtype_t dtype, bool momentum, int64_t 
   const int64_t buffers = momentum ? 2 : 1;
   int64_t b = n * (3 * ps);  // param r+w, grad r
   if (v == Variant::Bits32 || n < min_8bit_size) return b + buffers * n * 8;
+  if (v == Variant::Blockwise4) return b + buffers * (ceil_div(n, 2) + ceil_div(n, 128) * 4) * 2;
   b += buffers * n * 2;      // codes r+w
   if (v == Variant::Blockwise8) b += buffers * ceil_div(n, 256) * 4 * 2;
   else b += buffers * 4 * 4;  // {max1, new_max1} read and written
@@ -87,7 +90,7 @@ inline std::vector<Variant> variants_named(const std::string &value, std::string
   std::vector<Variant> out;
   for (const std::string &s : split(value)) {
     bool found = false;
-    for (Variant v : {Variant::Bits32, Variant::Blockwise8, Variant::Tensor8}) {
+    for (Variant v : {Variant::Bits32, Variant::Blockwise8, Variant::Tensor8, Variant::Blockwise4}) {
       if (s == variant_name(v)) {
         out.push_back(v);
         found = true;

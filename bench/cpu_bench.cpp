@@ -15,7 +15,7 @@
 // absolute figures of that line are suspect).
 //
 //   qrms_bench_cpu [--n N[,N...]] [--threads 1,2] [--reps R] [--min-time S]
-//                  [--variant 32bit|8bit_blockwise|8bit_tensor] [--dtype f32|bf16|f16]
+//                  [--variant 32bit|8bit_blockwise|8bit_tensor|4bit_blockwise] [--dtype f32|bf16|f16]
 //                  [--momentum 0|1] [--api core|optimizer] [--quick]
 //
 // --api core (default) times the raw-pointer entry points (qrms_update_32bit,
@@ -23,7 +23,9 @@
 // benchmark owns, so the stream runs over exactly the arrays the update
 // touches. --api optimizer times qrms_optimizer_step on one parameter (the
 // optimizer owns its state; the stream then uses state-shaped arrays of the
-// benchmark).
+// benchmark). 4bit_blockwise has no raw-pointer entry and needs --api
+// optimizer; its stream runs over byte arrays of n elements (twice its
+// codes), so its bytes per second are compared with that stream's.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -76,7 +78,7 @@ void check(qrms_status_t st, const char *what) {
 void usage() {
   std::fprintf(stderr,
                "usage: qrms_bench_cpu [--n N[,N...]] [--threads T[,T...]] [--reps R] [--min-time S]\n"
-               "                      [--variant 32bit|8bit_blockwise|8bit_tensor] [--dtype f32|bf16|f16]\n"
+               "                      [--variant 32bit|8bit_blockwise|8bit_tensor|4bit_blockwise] [--dtype f32|bf16|f16]\n"
                "                      [--momentum 0|1] [--api core|optimizer] [--quick]\n");
 }
 
@@ -133,6 +135,8 @@ Options parse(int argc, char **argv) {
     if (n <= 0) fail("--n must be > 0");
   for (int t : o.threads)
     if (t <= 0) fail("--threads must be > 0");
+  if (!o.optimizer_api && std::find(o.variants.begin(), o.variants.end(), Variant::Blockwise4) != o.variants.end())
+    fail("4bit_blockwise has no raw-pointer entry point: add --api optimizer");
   return o;
 }
 
@@ -212,7 +216,10 @@ Buffers make_buffers(const Case &c) {
   fill_dtype(c.dtype, b.param.get(), c.n, 0.5f);
   fill_dtype(c.dtype, b.grad.get(), c.n, 0.01f);
   const size_t ss = c.variant == Variant::Bits32 ? 4 : 1;
-  b.scales = c.variant == Variant::Blockwise8 ? ceil_div(c.n, 256) : c.variant == Variant::Tensor8 ? 2 : 0;
+  b.scales = c.variant == Variant::Blockwise8   ? ceil_div(c.n, 256)
+             : c.variant == Variant::Blockwise4 ? ceil_div(c.n, 128)
+             : c.variant == Variant::Tensor8    ? 2
+                                                : 0;
   // Zero codes and zero scales are the SPEC's initial 8-bit state (state 0).
   b.s1 = alloc_zero(n * ss, 2);
   if (b.scales) b.a1 = alloc_zero(static_cast<size_t>(b.scales) * 4, 3);
@@ -386,6 +393,8 @@ struct Stepper {
                                          nullptr, nullptr),
               "qrms_update_8bit_blockwise");
         break;
+      case Variant::Blockwise4:  // only through the optimizer (parse refuses --api core)
+        break;
       case Variant::Tensor8:
         check(qrms_update_8bit_tensor(QRMS_DEVICE_CPU, c.dtype, p, g, static_cast<uint8_t *>(b->s1.get()),
                                       static_cast<float *>(b->a1.get()), static_cast<uint8_t *>(b->s2.get()),
@@ -468,7 +477,9 @@ void run_case(const Options &o, const Case &c) {
     cfg.lr = st.hp.lr;
     cfg.momentum = st.hp.momentum;
     cfg.block_wise = c.variant == Variant::Tensor8 ? 0 : 1;
-    const qrms_variant_t v = c.variant == Variant::Bits32 ? QRMS_RMSPROP_32BIT : QRMS_RMSPROP_8BIT;
+    const qrms_variant_t v = c.variant == Variant::Bits32       ? QRMS_RMSPROP_32BIT
+                             : c.variant == Variant::Blockwise4 ? QRMS_RMSPROP_4BIT
+                                                                : QRMS_RMSPROP_8BIT;
     check(qrms_optimizer_create(&st.opt, v, &cfg, QRMS_DEVICE_CPU, 0), "qrms_optimizer_create");
     check(qrms_optimizer_add_param(st.opt, b.param.get(), b.grad.get(), c.dtype, c.n, nullptr),
           "qrms_optimizer_add_param");
@@ -482,9 +493,12 @@ void run_case(const Options &o, const Case &c) {
                         static_cast<float *>(b.a1.get()),
                         static_cast<float *>(b.a2.get()),
                         c.n,
-                        held.variant == Variant::Blockwise8 ? b.scales : 0,
+                        held.variant == Variant::Blockwise8 || held.variant == Variant::Blockwise4 ? b.scales : 0,
                         pick_rmw(dtype_size(c.dtype), ss, c.momentum)};
   const int64_t bytes = step_bytes(c.variant, c.dtype, c.momentum, c.n, min_8bit);
+  // What one stream pass moves: the step's bytes, except for 4-bit state,
+  // whose stream runs over n-byte state arrays.
+  const int64_t stream_bytes = c.n * 3 * dtype_size(c.dtype) + (c.momentum ? 2 : 1) * (2 * c.n * ss + 8 * sa.scales);
 
   for (int threads : o.threads) {
     check(qrms_set_num_threads(threads), "qrms_set_num_threads");
@@ -517,7 +531,7 @@ void run_case(const Options &o, const Case &c) {
         c0.machine < 0 ? -1.0 : std::max(0.0, (c1.machine - c0.machine) - (c1.self - c0.self)) / (wall * hw);
     const double t_step = median(step_s), t_stream = median(stream_s);
     const double bps = static_cast<double>(bytes) / t_step;
-    const double stream_bps = static_cast<double>(bytes) / t_stream;
+    const double stream_bps = static_cast<double>(stream_bytes) / t_stream;
     JsonLine()
         .str("backend", "cpu")
         .str("api", o.optimizer_api ? "optimizer" : "core")

@@ -1,7 +1,8 @@
 // GPU benchmark of qrmsprop through its C ABI, against a device-to-device
 // copy of the same byte count measured in the same run.
 //
-// Cases: every variant (32-bit, 8-bit block-wise, 8-bit per-tensor) x dtype
+// Cases: every variant (32-bit, 8-bit block-wise, 8-bit per-tensor; 4-bit
+// block-wise when named with --variant) x dtype
 // (f32, bf16, f16) x momentum (off, on) for
 //  * one tensor of 1e5, 1e6, 1e7, 1e8 and 1e9 elements (1e9 only when the
 //    device has the memory; otherwise a JSON line says it was skipped);
@@ -203,7 +204,7 @@ struct Options {
 void usage() {
   std::fprintf(stderr,
                "usage: qrms_bench_gpu [--quick] [--sizes N[,N...]] [--models gpt2_124m,gpt_1_3b|none]\n"
-               "                      [--variant 32bit|8bit_blockwise|8bit_tensor] [--dtype f32|bf16|f16]\n"
+               "                      [--variant 32bit|8bit_blockwise|8bit_tensor|4bit_blockwise] [--dtype f32|bf16|f16]\n"
                "                      [--momentum 0|1] [--reps R] [--warmup W] [--target-ms T] [--device D]\n");
 }
 
@@ -314,7 +315,7 @@ bool run_case(const Options &o, const Case &c) {
   int64_t state_estimate = 0;
   for (const Tensor &t : c.tensors) {
     const bool eight = c.variant != Variant::Bits32 && t.n >= kMin8bitSize;
-    state_estimate += (c.momentum ? 2 : 1) * (eight ? t.n + ceil_div(t.n, 256) * 4 + 64 : 4 * t.n + 64);
+    state_estimate += (c.momentum ? 2 : 1) * (eight ? t.n + ceil_div(t.n, 128) * 4 + 64 : 4 * t.n + 64);
   }
   const size_t copy_total = static_cast<size_t>(bytes / 2);
   const size_t copy_buf = std::min(copy_total, kCopyChunk);
@@ -350,8 +351,10 @@ bool run_case(const Options &o, const Case &c) {
     cfg.block_wise = c.variant == Variant::Tensor8 ? 0 : 1;
     cfg.min_8bit_size = kMin8bitSize;
     Optimizer opt;
-    QRMS_CHECK(qrms_optimizer_create(&opt.opt, c.variant == Variant::Bits32 ? QRMS_RMSPROP_32BIT : QRMS_RMSPROP_8BIT,
-                                     &cfg, QRMS_DEVICE_CUDA, o.device));
+    const qrms_variant_t v = c.variant == Variant::Bits32       ? QRMS_RMSPROP_32BIT
+                             : c.variant == Variant::Blockwise4 ? QRMS_RMSPROP_4BIT
+                                                                : QRMS_RMSPROP_8BIT;
+    QRMS_CHECK(qrms_optimizer_create(&opt.opt, v, &cfg, QRMS_DEVICE_CUDA, o.device));
     for (size_t i = 0; i < c.tensors.size(); ++i)
       QRMS_CHECK(qrms_optimizer_add_param(opt.opt, params.as<char>() + offsets[i], grads.as<char>() + offsets[i],
                                           c.dtype, c.tensors[i].n, nullptr));
