@@ -359,6 +359,28 @@ class Group {
   std::vector<std::vector<uint8_t>> blobs_;
 };
 
+// A rank of a Group as a communicator's user pointer: thread_comm is rank
+// `rank` of `world` on the CPU, reducing through the group.
+struct RankRef {
+  Group *group;
+  int rank;
+};
+
+inline qrms_status_t thread_all_reduce(void *user, float *data, int64_t count, qrms_reduce_op_t op, qrms_stream_t) {
+  RankRef *r = static_cast<RankRef *>(user);
+  return r->group->all_reduce(r->rank, data, count, op);
+}
+
+inline qrms_comm thread_comm(RankRef &ref, int world) {
+  qrms_comm c{};
+  c.struct_size = sizeof c;
+  c.rank = ref.rank;
+  c.world_size = world;
+  c.device = QRMS_DEVICE_CPU;
+  c.user = &ref;
+  c.all_reduce = thread_all_reduce;
+  return c;
+}
 
 constexpr int kSteps = 4, kResumeSteps = 3;
 

@@ -17,26 +17,8 @@
 
 namespace {
 
-struct RankRef {
-  shard::Group *group;
-  int rank;
-};
-
-qrms_status_t thread_all_reduce(void *user, float *data, int64_t count, qrms_reduce_op_t op, qrms_stream_t) {
-  RankRef *r = static_cast<RankRef *>(user);
-  return r->group->all_reduce(r->rank, data, count, op);
-}
-
-qrms_comm thread_comm(RankRef &ref, int world) {
-  qrms_comm c{};
-  c.struct_size = sizeof c;
-  c.rank = ref.rank;
-  c.world_size = world;
-  c.device = QRMS_DEVICE_CPU;
-  c.user = &ref;
-  c.all_reduce = thread_all_reduce;
-  return c;
-}
+using shard::RankRef;
+using shard::thread_comm;
 
 // Runs every case on `world` threads (resuming on world - 1, or 1).
 std::vector<std::string> run_world(int world) {

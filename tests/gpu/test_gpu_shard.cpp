@@ -20,21 +20,13 @@
 
 namespace {
 
-struct Rank {
-  shard::Group *group;
-  int rank;
-};
-
-qrms_status_t host_all_reduce(void *user, float *data, int64_t count, qrms_reduce_op_t op, qrms_stream_t) {
-  Rank *r = static_cast<Rank *>(user);
-  return r->group->all_reduce(r->rank, data, count, op);
-}
+using shard::RankRef;
 
 // Device floats through the host: wait for the step's stream, copy out, join
 // the collective (also after a failed copy, so no rank waits out the
 // timeout), copy back.
 qrms_status_t device_all_reduce(void *user, float *data, int64_t count, qrms_reduce_op_t op, qrms_stream_t stream) {
-  Rank *r = static_cast<Rank *>(user);
+  RankRef *r = static_cast<RankRef *>(user);
   std::vector<float> host(static_cast<size_t>(count));
   const size_t bytes = host.size() * sizeof(float);
   const bool copied = cudaStreamSynchronize(reinterpret_cast<cudaStream_t>(stream)) == cudaSuccess &&
@@ -46,15 +38,13 @@ qrms_status_t device_all_reduce(void *user, float *data, int64_t count, qrms_red
   return QRMS_SUCCESS;
 }
 
-qrms_comm make_comm(Rank &r, int world, bool gpu) {
-  qrms_comm c{};
-  c.struct_size = sizeof c;
-  c.rank = r.rank;
-  c.world_size = world;
-  c.device = gpu ? QRMS_DEVICE_CUDA : QRMS_DEVICE_CPU;
-  c.device_index = 0;
-  c.user = &r;
-  c.all_reduce = gpu ? device_all_reduce : host_all_reduce;
+qrms_comm make_comm(RankRef &r, int world, bool gpu) {
+  qrms_comm c = shard::thread_comm(r, world);
+  if (gpu) {
+    c.device = QRMS_DEVICE_CUDA;
+    c.device_index = 0;
+    c.all_reduce = device_all_reduce;
+  }
   return c;
 }
 
@@ -95,7 +85,7 @@ std::vector<std::string> run_world(int world) {
   for (const shard::Case &c : shard::cases()) {
     GpuPlacement gpu;
     shard::Group group(world), resume_group(resume_world);
-    std::vector<Rank> ranks, resume_ranks;
+    std::vector<RankRef> ranks, resume_ranks;
     for (int r = 0; r < world; ++r) ranks.push_back({&group, r});
     for (int r = 0; r < resume_world; ++r) resume_ranks.push_back({&resume_group, r});
     std::vector<std::string> out(static_cast<size_t>(world));
