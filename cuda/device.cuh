@@ -108,13 +108,20 @@ QRMS_DEV void load_quantizer(const float *qmap_global, Quantizer &q) {
 }
 
 // The two 16-entry maps of 4-bit state into shared memory: [0] the square
-// average's, [1] the momentum buffer's. Every thread of the block must call it.
-QRMS_DEV void load_maps4(math::Map4 (&maps)[2]) {
+// average's, [1] the momentum buffer's; with `coders`, their quantizers too
+// (thread k < 30 finds threshold k % 15 of map k / 15). Every thread of the
+// block must call it.
+QRMS_DEV void load_maps4(math::Map4 (&maps)[2], math::Coder4 (*coders)[2] = nullptr) {
   const int t = int(threadIdx.x);
   if (t < math::kCodes4) {
     maps[0].v[t] = math::square_map4().v[t];
     maps[1].v[t] = math::momentum_map4().v[t];
   }
+  __syncthreads();
+  if (!coders) return;
+  constexpr int kT = math::kCodes4 - 1;
+  if (t < 2 * kT) (*coders)[t / kT].t[t % kT] = math::coder4_threshold(maps[t / kT].v, t % kT);
+  if (t < 2) (*coders)[t].zero = math::zero_code<math::kCodes4>(maps[t].v);
   __syncthreads();
 }
 
@@ -173,10 +180,10 @@ QRMS_DEV float warp_max(float v) {
 // The new state back to memory. Blockwise8: the calling warp holds one whole
 // quantization block (all 32 lanes must call), computes its absmax over the
 // elements below n and stores it. Tensor8: quantizes against new_max1 = scale[1].
-// Blockwise4: the same per half-warp (a block of 128) with the 16-entry map4;
+// Blockwise4: the same per half-warp (a block of 128) with the 4-bit coder c4;
 // a code past n is 0 (an odd tensor's last high nibble).
 template <StateKind K>
-QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, const float *map4, int64_t i0, int64_t n,
+QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, const math::Coder4 &c4, int64_t i0, int64_t n,
                           bool vec, const float (&s)[kVec]) {
   if constexpr (K == StateKind::Float32) {
     store8(static_cast<float *>(state), i0, n, vec, s);
@@ -190,8 +197,8 @@ QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, const f
     uint8_t c[kVec / 2];
 #pragma unroll
     for (int k = 0; k < kVec / 2; ++k) {
-      const uint8_t lo = math::quantize4(map4, s[2 * k], a);
-      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4(map4, s[2 * k + 1], a) : uint8_t(0);
+      const uint8_t lo = math::quantize4(c4, s[2 * k], a);
+      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4(c4, s[2 * k + 1], a) : uint8_t(0);
       c[k] = math::pack4(lo, hi);
     }
     uint8_t *codes = static_cast<uint8_t *>(state) + i0 / 2;

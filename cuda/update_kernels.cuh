@@ -34,12 +34,13 @@ template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
   __shared__ Quantizer quant, bquant;  // 8-bit: the square average's map, the momentum buffer's
   __shared__ math::Map4 maps4[2];      // 4-bit: the same two, fixed
+  __shared__ math::Coder4 coders4[2];  // and their quantizers
   if (args.skip && *args.skip) return;
   if constexpr (K == StateKind::Blockwise8 || K == StateKind::Tensor8) {
     load_quantizer(args.qmap, quant);
     load_quantizer(args.momentum_qmap, bquant);
   }
-  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4);
+  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4, &coders4);
   const float *map1 = K == StateKind::Blockwise4 ? maps4[0].v : quant.qmap;
   const float *map2 = K == StateKind::Blockwise4 ? maps4[1].v : bquant.qmap;
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
@@ -86,8 +87,8 @@ __global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_cons
     }
 
     store8(static_cast<T *>(m.param), i0, m.n, vec, p);
-    store_state<K>(m.state1, m.scale1, quant, map1, i0, m.n, vec, s);
-    if (mom) store_state<K>(m.state2, m.scale2, bquant, map2, i0, m.n, vec, b);
+    store_state<K>(m.state1, m.scale1, quant, coders4[0], i0, m.n, vec, s);
+    if (mom) store_state<K>(m.state2, m.scale2, bquant, coders4[1], i0, m.n, vec, b);
   }
 }
 

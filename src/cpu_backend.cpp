@@ -238,21 +238,68 @@ void encode(const math::DynamicCoder &coder, const float *s, float a, uint8_t *c
 
 // 4-bit state of elements [i0, i0 + len) of a tensor (i0 a multiple of 128):
 // floats from codes, and codes (with one absmax per 128 elements) from floats.
-void decode4(const float *map, const uint8_t *codes, const float *absmax, int64_t i0, int64_t len, float *out) {
-  for (int64_t k = 0; k < len; ++k)
-    out[k] = math::dequantize(map, math::code4(codes, i0 + k), absmax[(i0 + k) / math::kBlockSize4]);
+// Decoding walks a block's bytes, two values per byte, against a local copy
+// of the map (which stores to out cannot alias).
+[[gnu::always_inline]] inline void decode4_loop(const float *map, const uint8_t *codes, const float *absmax, int64_t i0,
+                                                int64_t len, float *__restrict out) {
+  math::Map4 m;
+  for (int c = 0; c < math::kCodes4; ++c) m.v[c] = map[c];
+  for (int64_t off = 0; off < len; off += math::kBlockSize4) {
+    const int64_t sub = std::min(math::kBlockSize4, len - off);
+    const float a = absmax[(i0 + off) / math::kBlockSize4];
+    const uint8_t *b = codes + (i0 + off) / 2;
+    float *o = out + off;
+    for (int64_t k = 0; k < sub / 2; ++k) {
+      o[2 * k] = math::dequantize(m.v, uint8_t(b[k] & 15), a);
+      o[2 * k + 1] = math::dequantize(m.v, uint8_t(b[k] >> 4), a);
+    }
+    if (sub % 2) o[sub - 1] = math::dequantize(m.v, uint8_t(b[sub / 2] & 15), a);
+  }
 }
-void encode4(const float *map, const float *s, int64_t i0, int64_t len, uint8_t *codes, float *absmax) {
+void decode4_base(const float *map, const uint8_t *codes, const float *absmax, int64_t i0, int64_t len, float *out) {
+  decode4_loop(map, codes, absmax, i0, len, out);
+}
+#if QRMS_CPU_AVX2
+[[gnu::target("avx2")]] void decode4_avx2(const float *map, const uint8_t *codes, const float *absmax, int64_t i0,
+                                          int64_t len, float *out) {
+  decode4_loop(map, codes, absmax, i0, len, out);
+}
+#endif
+void decode4(const float *map, const uint8_t *codes, const float *absmax, int64_t i0, int64_t len, float *out) {
+#if QRMS_CPU_AVX2
+  if (g_simd.load(std::memory_order_relaxed) == CpuSimd::Avx2) return decode4_avx2(map, codes, absmax, i0, len, out);
+#endif
+  decode4_base(map, codes, absmax, i0, len, out);
+}
+// One block's codes into q[] in a loop that vectorises (the coder's 15
+// compares), then packed two per byte; an odd tail pads with code 0.
+[[gnu::always_inline]] inline void encode4_loop(const math::Coder4 &coder, const float *s, int64_t i0, int64_t len,
+                                                uint8_t *codes, float *absmax) {
+  const math::Coder4 c = coder;  // a local copy: stores to codes cannot alias it
+  uint8_t q[math::kBlockSize4 + 1];
   for (int64_t off = 0; off < len; off += math::kBlockSize4) {
     const int64_t sub = std::min(math::kBlockSize4, len - off);
     const float a = abs_max(s + off, sub);
     absmax[(i0 + off) / math::kBlockSize4] = a;
-    for (int64_t k = off; k < off + sub; k += 2) {
-      const uint8_t lo = math::quantize4(map, s[k], a);
-      const uint8_t hi = k + 1 < off + sub ? math::quantize4(map, s[k + 1], a) : uint8_t(0);  // an odd tail pads with 0
-      codes[(i0 + k) / 2] = math::pack4(lo, hi);
-    }
+    for (int64_t k = 0; k < sub; ++k) q[k] = math::quantize4(c, s[off + k], a);
+    q[sub] = 0;
+    for (int64_t k = 0; k < sub; k += 2) codes[(i0 + off + k) / 2] = math::pack4(q[k], q[k + 1]);
   }
+}
+void encode4_base(const math::Coder4 &c, const float *s, int64_t i0, int64_t len, uint8_t *codes, float *absmax) {
+  encode4_loop(c, s, i0, len, codes, absmax);
+}
+#if QRMS_CPU_AVX2
+[[gnu::target("avx2")]] void encode4_avx2(const math::Coder4 &c, const float *s, int64_t i0, int64_t len,
+                                          uint8_t *codes, float *absmax) {
+  encode4_loop(c, s, i0, len, codes, absmax);
+}
+#endif
+void encode4(const math::Coder4 &c, const float *s, int64_t i0, int64_t len, uint8_t *codes, float *absmax) {
+#if QRMS_CPU_AVX2
+  if (g_simd.load(std::memory_order_relaxed) == CpuSimd::Avx2) return encode4_avx2(c, s, i0, len, codes, absmax);
+#endif
+  encode4_base(c, s, i0, len, codes, absmax);
 }
 
 // State of one tensor of a given kind, read and written a block at a time.
@@ -263,7 +310,8 @@ struct StateIO {
   const float *qmap;
   const QuantTable *table;  // its coder for the dynamic maps; nullptr: quantize by binary search
   uint8_t zero;
-  const float *map4 = nullptr;  // Blockwise4: this buffer's 16-entry map
+  const float *map4 = nullptr;             // Blockwise4: this buffer's 16-entry map
+  const math::Coder4 *coder4 = nullptr;    // and its coder
 
   // Where the old state of block `blk` (elements [i0, i0+len)) can be read
   // as floats: the state itself (32-bit) or buf, filled by dequantizing.
@@ -282,7 +330,7 @@ struct StateIO {
   // (s is the state); 8-bit is quantized (per-tensor: scale[1] is new_max1).
   void store_block(void *state, float *scale, int64_t blk, int64_t i0, int64_t len, const float *s) const {
     if (kind == StateKind::Float32) return;
-    if (kind == StateKind::Blockwise4) return encode4(map4, s, i0, len, static_cast<uint8_t *>(state), scale);
+    if (kind == StateKind::Blockwise4) return encode4(*coder4, s, i0, len, static_cast<uint8_t *>(state), scale);
     float a;
     if (kind == StateKind::Blockwise8) {
       a = abs_max(s, len);
@@ -523,9 +571,10 @@ void update_group(StateKind kind, const TensorUpdate *tensors, size_t count, con
   const std::shared_ptr<const QuantTable> btable = bits8 ? QuantTable::of(bmap) : nullptr;
   // io: the square average's; bio: the momentum buffer's (8-bit: bmap;
   // 4-bit: the fixed momentum map).
-  const math::Map4 sq4 = math::square_map4(), mom4 = math::momentum_map4();
-  const StateIO io{kind, qmap, table.get(), bits8 ? math::zero_code(qmap) : uint8_t(0), sq4.v};
-  const StateIO bio{kind, bmap, btable.get(), bits8 ? math::zero_code(bmap) : uint8_t(0), mom4.v};
+  static const math::Map4 sq4 = math::square_map4(), mom4 = math::momentum_map4();
+  static const math::Coder4 sq4c = math::coder4(sq4), mom4c = math::coder4(mom4);
+  const StateIO io{kind, qmap, table.get(), bits8 ? math::zero_code(qmap) : uint8_t(0), sq4.v, &sq4c};
+  const StateIO bio{kind, bmap, btable.get(), bits8 ? math::zero_code(bmap) : uint8_t(0), mom4.v, &mom4c};
   const bool tensor8 = kind == StateKind::Tensor8;
   auto gscale = [&](size_t i) { return tensors[i].gnorm_scale ? *tensors[i].gnorm_scale : 1.0f; };
 

@@ -488,11 +488,58 @@ struct LinearSearch4 {
   }
 };
 
-// Code of v in a 4-bit block of scale absmax; a zero (or NaN) scale stores
-// the code of the map's smallest non-negative value.
-QRMS_HD uint8_t quantize4(const float *map, float v, float absmax) {
-  return absmax > 0.0f ? nearest_code<LinearSearch4, kCodes4>(map, v / absmax, LinearSearch4{map})
-                       : zero_code<kCodes4>(map);
+// nearest_code of a 16-entry map (the rule; Coder4 is its fast form).
+QRMS_HD uint8_t nearest_code4(const float *map, float x) {
+  return nearest_code<LinearSearch4, kCodes4>(map, x, LinearSearch4{map});
+}
+
+// The floats in order as integers: 0 is -inf, 0x7f800000 -0.0, 0x7f800001
+// +0.0, kOrderedTop +inf.
+constexpr uint32_t kOrderedTop = 0xff000001u;
+QRMS_HD float ordered_float(uint32_t k) {
+  return k <= 0x7f800000u ? bits_float(0x80000000u | (0x7f800000u - k)) : bits_float(k - 0x7f800001u);
+}
+
+// A 16-entry map's quantizer as 15 thresholds: nearest_code4 is monotone in
+// x (ties and the sign rule included, and -0.0 codes as +0.0), so its code
+// of x is the number of thresholds t[k] <= x, where t[k] is the smallest
+// float whose code is above k (NaN compares false everywhere: code 0, as
+// nearest_code). No loop or read that depends on x: the CPU vectorises it
+// and GPU lanes read the same shared words. The sweep checks every float.
+struct Coder4 {
+  float t[kCodes4 - 1];
+  int32_t zero;  // what a zero (or NaN) scale stores: the code of the smallest non-negative value
+};
+
+// t[k] of map's coder, by bisection over the ordered floats (code(-inf) is
+// 0 <= k and code(+inf) is 15 > k).
+QRMS_HD float coder4_threshold(const float *map, int k) {
+  uint32_t lo = 0, hi = kOrderedTop;
+  while (hi - lo > 1) {
+    const uint32_t mid = lo + (hi - lo) / 2;
+    if (nearest_code4(map, ordered_float(mid)) > k) hi = mid; else lo = mid;
+  }
+  return ordered_float(hi);
+}
+
+QRMS_HD Coder4 coder4(const Map4 &map) {
+  Coder4 c;
+  for (int k = 0; k < kCodes4 - 1; ++k) c.t[k] = coder4_threshold(map.v, k);
+  c.zero = zero_code<kCodes4>(map.v);
+  return c;
+}
+
+// Code of v in a 4-bit block of scale absmax: nearest_code4(map, v / absmax);
+// a zero (or NaN) scale stores c.zero.
+QRMS_HD uint8_t quantize4(const Coder4 &c, float v, float absmax) {
+  if (!(absmax > 0.0f)) return uint8_t(c.zero);
+  const float x = v / absmax;
+  int code = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int k = 0; k < kCodes4 - 1; ++k) code += int(x >= c.t[k]);
+  return uint8_t(code);
 }
 
 // Code of element i of a packed 4-bit buffer.

@@ -143,3 +143,28 @@ TEST_CASE("F16C float -> half: the portable bits for every float", "[sweep]") {
   CAPTURE(first);
   CHECK(bad == 0);
 }
+
+// The 4-bit coder (15 thresholds) against the rule it replaces, for both
+// 4-bit maps: every float, both signs (the thresholds are found by
+// bisection, so this is what shows the rule is monotone).
+TEST_CASE("4-bit coder: every float", "[sweep]") {
+  const bool square = GENERATE(true, false);
+  CAPTURE(square);
+  const qrms::math::Map4 map = square ? qrms::math::square_map4() : qrms::math::momentum_map4();
+  const qrms::math::Coder4 c = qrms::math::coder4(map);
+  const unsigned threads = sweep_threads();
+  std::atomic<uint64_t> bad{0};
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      uint64_t local = 0;
+      for (uint64_t u = t; u <= 0xffffffffu; u += threads) {
+        const float x = bits_float(static_cast<uint32_t>(u));
+        local += qrms::math::quantize4(c, x, 1.0f) != qrms::math::nearest_code4(map.v, x);
+      }
+      bad += local;
+    });
+  }
+  for (auto &th : pool) th.join();
+  CHECK(bad.load() == 0);
+}

@@ -47,8 +47,9 @@ Buffers run(CpuSimd simd, StateKind kind, Dtype dtype, const math::Hyper &hp, in
     for (int64_t i = 0; i < n; i += 7) p[i] = kHalfSpecials[size_t(i / 7) % m];
     for (int64_t i = 0; i < n; i += 11) g[i] = kHalfSpecials[size_t(i / 11) % m];
   }
-  const size_t state_bytes = is8 ? size_t(n) : size_t(n) * 4;
-  const size_t scales = kind == StateKind::Blockwise8 ? size_t(core::num_blocks(n)) : 2;
+  const bool is4 = kind == StateKind::Blockwise4;  // two codes per byte, one absmax per 128
+  const size_t state_bytes = is4 ? size_t(n + 1) / 2 : is8 ? size_t(n) : size_t(n) * 4;
+  const size_t scales = kind == StateKind::Blockwise8 ? size_t(core::num_blocks(n)) : is4 ? size_t((n + 127) / 128) : 2;
   out.s.assign(state_bytes, 0);
   out.s_scale.assign(scales, 0.0f);
   if (mom) {
@@ -80,7 +81,7 @@ TEST_CASE("baseline and AVX2 loops give the same bits", "[simd]") {
     core::set_cpu_simd(CpuSimd::Baseline);
     return;
   }
-  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8);
+  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8, StateKind::Blockwise4);
   const Dtype dtype = GENERATE(Dtype::Float32, Dtype::Float16, Dtype::BFloat16);
   // plain, momentum, skip_zeros + weight decay, max_unorm + momentum, stochastic rounding + skip_zeros
   const int option = GENERATE(0, 1, 2, 3, 4);

@@ -2,6 +2,7 @@
 // of two codes per byte, the zero-point property of the square average's
 // map, and the memory it takes. The update itself is checked against the
 // reference with every option and dtype in test_update.cpp.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -51,16 +52,35 @@ TEST_CASE("4-bit quantizer: nearest code, ties to the lower code, the sign rule"
     std::mt19937 rng(4);
     std::uniform_real_distribution<float> u(-1.1f, 1.1f);
     for (int i = 0; i < 20000; ++i) xs.push_back(u(rng));
+    qrms::math::Map4 m4;
+    std::copy(map.begin(), map.end(), m4.v);
+    const qrms::math::Coder4 coder = qrms::math::coder4(m4);
+    // Each threshold is where the rule's code steps past k: the float below it
+    // codes at most k, the threshold itself above k.
+    for (int k = 0; k < 15; ++k) {
+      const float t = coder.t[k];
+      CAPTURE(k, t);
+      CHECK(qref::nearest_code(map.data(), std::nextafter(t, -INFINITY), 16) <= k);
+      CHECK(qref::nearest_code(map.data(), t, 16) > k);
+      xs.push_back(t);
+      xs.push_back(std::nextafter(t, -INFINITY));
+    }
     for (float x : xs) {
       INFO("x = " << x);
-      CHECK(int(qrms::math::quantize4(map.data(), x, 1.0f)) == qref::nearest_code(map.data(), x, 16));
+      CHECK(int(qrms::math::quantize4(coder, x, 1.0f)) == qref::nearest_code(map.data(), x, 16));
+      CHECK(int(qrms::math::quantize4(coder, -x, 1.0f)) == qref::nearest_code(map.data(), -x, 16));
     }
-    // A zero scale stores the code of the smallest non-negative value.
-    CHECK(qrms::math::quantize4(map.data(), 0.5f, 0.0f) == (map[0] > 0.0f ? 0 : 7));
+    CHECK(qrms::math::quantize4(coder, NAN, 1.0f) == qref::nearest_code(map.data(), NAN, 16));
+    // A zero (or NaN) scale stores the code of the smallest non-negative value.
+    CHECK(qrms::math::quantize4(coder, 0.5f, 0.0f) == (map[0] > 0.0f ? 0 : 7));
+    CHECK(qrms::math::quantize4(coder, 0.5f, NAN) == (map[0] > 0.0f ? 0 : 7));
   }
   // The sign rule in the momentum map: a negative value never reads back as 0.
   const std::vector<float> mom = qref::momentum_map4();
-  CHECK(mom[qrms::math::quantize4(mom.data(), -1e-6f, 1.0f)] < 0.0f);
+  const qrms::math::Coder4 mc = qrms::math::coder4(qrms::math::momentum_map4());
+  CHECK(mom[qrms::math::quantize4(mc, -1e-6f, 1.0f)] < 0.0f);
+  CHECK(mom[qrms::math::quantize4(mc, -1e-45f, 1.0f)] < 0.0f);
+  CHECK(mom[qrms::math::quantize4(mc, -0.0f, 1.0f)] == 0.0f);
 }
 
 TEST_CASE("4-bit state: two codes per byte, low nibble first, nothing written past the state", "[4bit]") {
