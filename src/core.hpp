@@ -165,9 +165,9 @@ constexpr size_t kConfigV1Size = offsetof(qrms_config, skip_zeros) + sizeof(int3
 std::string counted(int64_t n, const char *noun);
 
 // Number of 256-element blocks of an n-element tensor.
-inline int64_t num_blocks(int64_t n) { return (n + math::kBlockSize - 1) / math::kBlockSize; }
+inline int64_t num_blocks(int64_t n) { return n / math::kBlockSize + (n % math::kBlockSize != 0); }
 // Number of 128-element blocks (4-bit state).
-inline int64_t num_blocks4(int64_t n) { return (n + math::kBlockSize4 - 1) / math::kBlockSize4; }
+inline int64_t num_blocks4(int64_t n) { return n / math::kBlockSize4 + (n % math::kBlockSize4 != 0); }
 
 }  // namespace core
 }  // namespace qrms

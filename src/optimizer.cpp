@@ -30,7 +30,7 @@ Layout Layout::of(const Config &cfg, int64_t n) {
 }
 
 size_t Layout::state_bytes(int64_t n) const {
-  if (kind == StateKind::Blockwise4) return static_cast<size_t>((n + 1) / 2);  // two codes per byte
+  if (kind == StateKind::Blockwise4) return static_cast<size_t>(n / 2 + n % 2);  // two codes per byte
   return static_cast<size_t>(n) * (kind == StateKind::Float32 ? sizeof(float) : sizeof(uint8_t));
 }
 

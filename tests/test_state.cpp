@@ -522,6 +522,10 @@ TEST_CASE("blobs with a valid checksum but bad content are refused and change no
       {"one parameter more", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kCount, 3u); }},
       {"one parameter less", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kCount, 1u); }},
       {"numel", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kNumel, 301); }},
+      {"numel and global numel INT64_MAX", [](std::vector<uint8_t> &b) {
+         poke<int64_t>(b, kNumel, std::numeric_limits<int64_t>::max());
+         poke<int64_t>(b, kGlobal, std::numeric_limits<int64_t>::max());
+       }},
       {"dtype", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kDtype, QRMS_BFLOAT16); }},
       {"state kind", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kKind, 0); }},
       {"negative step", [](std::vector<uint8_t> &b) { poke<int64_t>(b, kStep, -1); }},
@@ -646,6 +650,10 @@ TEST_CASE("4-bit blobs with a valid checksum but bad content are refused and cha
       {"4-bit per tensor", [](std::vector<uint8_t> &b) { poke<int32_t>(b, kRec + 80, 0); }},  // block_wise
       {"codes of one byte per element", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kBuffers, 300u); }},
       {"one code byte more", [](std::vector<uint8_t> &b) { poke<uint64_t>(b, kBuffers, 151u); }},
+      {"numel and global numel INT64_MAX", [](std::vector<uint8_t> &b) {
+         poke<int64_t>(b, kNumel, std::numeric_limits<int64_t>::max());
+         poke<int64_t>(b, kGlobal, std::numeric_limits<int64_t>::max());
+       }},
   };
   std::vector<uint8_t> blob;
   check_forgeries_refused(small_spec4(), forgeries, [&blob](Model &victim, const std::vector<uint8_t> &b) {
