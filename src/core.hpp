@@ -152,6 +152,9 @@ CpuSimd set_cpu_simd(CpuSimd want);
 // (except that a signalling NaN may come out quiet).
 void cpu_halves_to_floats(const math::half_t *in, float *out, int64_t n);
 void cpu_floats_to_halves(const float *in, math::half_t *out, int64_t n);
+// The 8-bit coder of the CPU loops in use, for the tests: codes[k] =
+// math::quantize_scaled(coder, s[k], a) for k < len.
+void cpu_encode(const math::DynamicCoder &coder, const float *s, float a, uint8_t *codes, int64_t len);
 
 // The CPU backend's thread count (>= 1); n <= 0 restores the default.
 void set_cpu_threads(int n);

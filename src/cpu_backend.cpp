@@ -798,6 +798,10 @@ void cpu_floats_to_halves(const float *in, math::half_t *out, int64_t n) {
   for (int64_t k = 0; k < n; ++k) out[k] = math::to_half(in[k]);
 }
 
+void cpu_encode(const math::DynamicCoder &coder, const float *s, float a, uint8_t *codes, int64_t len) {
+  encode(coder, s, a, codes, len);
+}
+
 void set_cpu_threads(int n) { g_threads.store(n > 0 ? n : default_threads()); }
 
 int cpu_threads() {

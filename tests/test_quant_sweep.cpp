@@ -5,6 +5,7 @@
 // own ctest); the rest are quick.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
@@ -63,6 +64,34 @@ uint64_t around_midpoints(const DynamicCoder &d, const std::vector<float> &q) {
   return bad;
 }
 
+// The same through the CPU loops' coder (core::cpu_encode, scale 1) with
+// the loops in use: mismatches over x = +-bits_float(u) for every u in
+// [u0, u1], 64 Ki at a time per thread.
+uint64_t sweep_encoder(const DynamicCoder &d, uint32_t u0, uint32_t u1, unsigned threads) {
+  constexpr uint64_t kRun = 65536;
+  std::atomic<uint64_t> bad{0};
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      std::vector<float> x(2 * kRun);
+      std::vector<uint8_t> codes(2 * kRun);
+      uint64_t local = 0;
+      for (uint64_t b = u0 + uint64_t(t) * kRun; b <= u1; b += uint64_t(threads) * kRun) {
+        const uint64_t n = std::min<uint64_t>(kRun, uint64_t(u1) - b + 1);
+        for (uint64_t i = 0; i < n; ++i) {
+          x[2 * i] = bits_float(static_cast<uint32_t>(b + i));
+          x[2 * i + 1] = -x[2 * i];
+        }
+        qrms::core::cpu_encode(d, x.data(), 1.0f, codes.data(), int64_t(2 * n));
+        for (uint64_t i = 0; i < 2 * n; ++i) local += codes[i] != dynamic_code(d, x[i]);
+      }
+      bad += local;
+    });
+  }
+  for (auto &th : pool) th.join();
+  return bad.load();
+}
+
 unsigned sweep_threads() {
   const unsigned hw = std::thread::hardware_concurrency();
   return hw > 0 ? hw : 1;
@@ -119,6 +148,20 @@ TEST_CASE("dynamic coder: every float in [-1, 1] and beyond", "[sweep]") {
   // Every float with |x| <= 1 (both signs, both zeros), then a sample of the rest.
   CHECK(sweep(d, q, 0, 0x3f800000u, 1, sweep_threads()) == 0);
   CHECK(sweep(d, q, 0x3f800001u, 0xffffffffu, 7, sweep_threads()) == 0);
+}
+
+// The CPU loops' coder (the AVX2 loop) against dynamic_code
+// for every float in [-1, 1], both maps; the baseline loop is dynamic_code
+// itself.
+TEST_CASE("CPU AVX2 coder: dynamic_code's code for every float in [-1, 1]", "[sweep]") {
+  if (qrms::core::set_cpu_simd(qrms::core::CpuSimd::Avx2) != qrms::core::CpuSimd::Avx2) {
+    WARN("this CPU has no AVX2: only the baseline coder exists here, nothing to compare");
+    return;
+  }
+  const bool is_signed = GENERATE(true, false);
+  CAPTURE(is_signed);
+  const DynamicCoder d = coder_of(qrms::dynamic_map(is_signed));
+  CHECK(sweep_encoder(d, 0, 0x3f800000u, sweep_threads()) == 0);
 }
 
 // The F16C conversion of the CPU's AVX2 loops (float16 parameters) against

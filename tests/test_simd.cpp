@@ -2,12 +2,14 @@
 // every state kind, dtype and option. (The rest of the suite runs with the
 // loops the machine picks; ctest also runs the C ABI suite with
 // QRMS_CPU_SIMD=baseline.)
+#include <cmath>
 #include <random>
 #include <vector>
 
 #include "check.hpp"
 #include "core.hpp"
 #include "qrmsprop/qrmsprop.hpp"
+#include "quant_table.hpp"
 
 namespace {
 
@@ -170,5 +172,63 @@ TEST_CASE("float16 special values: baseline and AVX2 loops give the same bits", 
   CHECK(base.param.same_bits(wide.param));
   CHECK(qtest::first_difference(base.s, wide.s) == -1);
   CHECK(qtest::first_difference(base.b, wide.b) == -1);
+  core::set_cpu_simd(CpuSimd::Avx2);
+}
+
+// The AVX2 coder of 8-bit state against the baseline loop and
+// math::quantize_scaled, on both dynamic maps: a sample of [-1, 1], every
+// threshold and map value +-2 ulps, and special values, under several
+// scales (zero, NaN and infinite ones too). Every float in [-1, 1] is in
+// test_quant_sweep.cpp's "[sweep]".
+TEST_CASE("8-bit coder: baseline and AVX2 give the same codes", "[simd]") {
+  if (core::set_cpu_simd(CpuSimd::Avx2) != CpuSimd::Avx2) {
+    WARN("this CPU has no AVX2: only the baseline coder exists here, nothing to compare");
+    core::set_cpu_simd(CpuSimd::Baseline);
+    return;
+  }
+  const bool is_signed = GENERATE(true, false);
+  // The library's map, and its entries moved by 9.5e-6 up or down (a coder
+  // is built for entries within 1e-5 of the ideal ones): the thresholds move
+  // about as far as the coder allows.
+  const int moved = GENERATE(0, 1, -1);
+  CAPTURE(is_signed, moved);
+  std::vector<float> q = dynamic_map(is_signed);
+  for (float &v : q) v *= 1.0f + float(moved) * 9.5e-6f;
+  math::DynamicCoder d{};
+  REQUIRE(core::build_dynamic_coder(q.data(), d));
+  std::vector<float> x;
+  auto around = [&](float c) {  // c and 2 floats either side, both signs
+    for (int sign = 0; sign < 2; ++sign) {
+      float v = sign ? -c : c;
+      for (int k = 0; k < 2; ++k) v = std::nextafter(v, -INFINITY);
+      for (int k = 0; k < 5; ++k, v = std::nextafter(v, INFINITY)) x.push_back(v);
+    }
+  };
+  for (uint32_t u = 0; u <= 0x3f800000u; u += 4099) {
+    x.push_back(math::bits_float(u));
+    x.push_back(-math::bits_float(u));
+  }
+  for (const float t : d.up)
+    if (t == t) around(t);
+  for (const float v : q) around(v);
+  for (const uint32_t u : {0x00000000u, 0x80000000u, 0x00000001u, 0x807fffffu, 0x00800000u, 0x3f800000u,
+                           0xbf800000u, 0x40000000u, 0x7f7fffffu, 0xff7fffffu, 0x7f800000u, 0xff800000u,
+                           0x7fc00000u, 0xffc00000u, 0x7f800001u, 0xffa00005u, 0x7fffffffu})
+    x.push_back(math::bits_float(u));
+  if (x.size() % 8 == 0) x.push_back(1.0f);  // a length the vectors do not divide: the scalar tail too
+  CAPTURE(x.size());
+  for (const float a : {1.0f, 0.37f, 3.0f, 1e-30f, 1e-45f, 0.0f, -1.0f, INFINITY, NAN}) {
+    CAPTURE(a);
+    std::vector<uint8_t> base(x.size()), wide(x.size()), want(x.size());
+    REQUIRE(core::set_cpu_simd(CpuSimd::Baseline) == CpuSimd::Baseline);
+    core::cpu_encode(d, x.data(), a, base.data(), int64_t(x.size()));
+    REQUIRE(core::set_cpu_simd(CpuSimd::Avx2) == CpuSimd::Avx2);
+    core::cpu_encode(d, x.data(), a, wide.data(), int64_t(x.size()));
+    for (size_t i = 0; i < x.size(); ++i) want[i] = math::quantize_scaled(d, x[i], a);
+    CHECK(qtest::first_difference(want, base) == -1);
+    const int64_t i = qtest::first_difference(want, wide);
+    CAPTURE(i, i >= 0 ? x[size_t(i)] : 0.0f);
+    CHECK(i == -1);
+  }
   core::set_cpu_simd(CpuSimd::Avx2);
 }
