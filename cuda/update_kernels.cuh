@@ -29,9 +29,12 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 
 // Per element: dequantize s (and b), rms_element, P -= lr * update_scale * u,
 // store P and the new state (Blockwise8: new absmax per block; Tensor8:
-// quantized against new_max1 found by reduce_kernel).
+// quantized against new_max1 found by reduce_kernel). At least 4 blocks per
+// SM (at most 64 registers): without the bound the f32 8-bit and 4-bit and
+// the f16 per-tensor kernels took 73-77 registers (3 blocks); with it they
+// keep at most 24 bytes on the stack (scripts/sass-report.sh).
 template <typename T, StateKind K>
-__global__ void __launch_bounds__(kThreads) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
+__global__ void __launch_bounds__(kThreads, 4) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
   __shared__ Quantizer quant, bquant;  // 8-bit: the square average's map, the momentum buffer's
   __shared__ math::Map4 maps4[2];      // 4-bit: the same two, fixed
   __shared__ math::Coder4 coders4[2];  // and their quantizers
