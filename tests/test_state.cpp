@@ -165,6 +165,25 @@ void check_unchanged(Model &victim, Model &twin, const std::vector<uint8_t> &bef
   CHECK_SAME(victim.opt->save(), twin.opt->save());
 }
 
+// Where the "refused and changes nothing" tests start: the blob of a model
+// of spec s after src_steps steps (seed 3), and a victim and its untouched
+// twin after `steps` steps (seed 1), with the victim's blob at that point.
+struct Victim {
+  std::vector<uint8_t> blob;
+  Model victim, twin;
+  std::vector<uint8_t> before;
+};
+
+Victim make_victim(const Spec &s, int src_steps, int steps) {
+  Model src = build(s, 3);
+  train(src, 0, src_steps);
+  Victim v{src.opt->save(), build(s), build(s), {}};
+  train(v.victim, 0, steps);
+  train(v.twin, 0, steps);
+  v.before = v.victim.opt->save();
+  return v;
+}
+
 }  // namespace
 
 TEST_CASE("save and load round trip continues bit for bit", "[state]") {
@@ -227,15 +246,10 @@ TEST_CASE("save into a too small buffer is refused and writes nothing", "[state]
 }
 
 TEST_CASE("every flipped byte is refused and changes nothing", "[state]") {
-  const Spec s = small_spec();
-  Model src = build(s, 3);
-  train(src, 0, 4);
-  const std::vector<uint8_t> blob = src.opt->save();
-  Model victim = build(s), twin = build(s);
-  train(victim, 0, 2);
-  train(twin, 0, 2);
-  const std::vector<uint8_t> before = victim.opt->save();
-  REQUIRE(before != blob);
+  Victim v = make_victim(small_spec(), 4, 2);
+  const std::vector<uint8_t> &blob = v.blob;
+  Model &victim = v.victim;
+  REQUIRE(v.before != blob);
 
   size_t accepted = 0, wrong_type = 0, first_bad = 0;
   for (uint8_t mask : {uint8_t(0x01), uint8_t(0x80), uint8_t(0xFF)}) {
@@ -254,21 +268,16 @@ TEST_CASE("every flipped byte is refused and changes nothing", "[state]") {
   INFO("blob of " << blob.size() << " bytes; first offending offset " << first_bad);
   CHECK(accepted == 0);
   CHECK(wrong_type == 0);
-  check_unchanged(victim, twin, before, 2);
+  check_unchanged(victim, v.twin, v.before, 2);
   // The intact blob still loads.
   victim.opt->load(blob.data(), blob.size());
   CHECK_SAME(victim.opt->save(), blob);
 }
 
 TEST_CASE("truncated and extended blobs are refused and change nothing", "[state]") {
-  const Spec s = small_spec();
-  Model src = build(s, 3);
-  train(src, 0, 3);
-  const std::vector<uint8_t> blob = src.opt->save();
-  Model victim = build(s), twin = build(s);
-  train(victim, 0, 1);
-  train(twin, 0, 1);
-  const std::vector<uint8_t> before = victim.opt->save();
+  Victim v = make_victim(small_spec(), 3, 1);
+  const std::vector<uint8_t> &blob = v.blob;
+  Model &victim = v.victim;
 
   size_t accepted = 0, wrong_type = 0;
   for (size_t len = 0; len < blob.size(); ++len) {
@@ -287,7 +296,7 @@ TEST_CASE("truncated and extended blobs are refused and change nothing", "[state
   CHECK_THROWS_AS(victim.opt->load(longer.data(), longer.size()), qrms::BadStateError);
   CHECK_THROWS_AS(victim.opt->load(nullptr, 0), qrms::Error);
   CHECK_THROWS_AS(victim.opt->load(nullptr, blob.size()), qrms::Error);
-  check_unchanged(victim, twin, before, 1);
+  check_unchanged(victim, v.twin, v.before, 1);
 }
 
 TEST_CASE("blobs of other optimizers are refused and change nothing", "[state]") {
@@ -392,22 +401,16 @@ struct Forgery {
 // `after(victim, blob)` for the checks that follow.
 void check_forgeries_refused(const Spec &s, const std::vector<Forgery> &forgeries,
                              const std::function<void(Model &, const std::vector<uint8_t> &)> &after) {
-  Model src = build(s, 3);
-  train(src, 0, 3);
-  const std::vector<uint8_t> blob = src.opt->save();
-  Model victim = build(s), twin = build(s);
-  train(victim, 0, 2);
-  train(twin, 0, 2);
-  const std::vector<uint8_t> before = victim.opt->save();
+  Victim v = make_victim(s, 3, 2);
   for (const Forgery &f : forgeries) {
     INFO("forged: " << f.name);
-    std::vector<uint8_t> bad = blob;
+    std::vector<uint8_t> bad = v.blob;
     f.edit(bad);
     reseal(bad);
-    CHECK_THROWS_AS(victim.opt->load(bad.data(), bad.size()), qrms::BadStateError);
+    CHECK_THROWS_AS(v.victim.opt->load(bad.data(), bad.size()), qrms::BadStateError);
   }
-  check_unchanged(victim, twin, before, 2);
-  after(victim, blob);
+  check_unchanged(v.victim, v.twin, v.before, 2);
+  after(v.victim, v.blob);
 }
 
 template <class T>
