@@ -30,24 +30,28 @@ DynamicCoder coder_of(const std::vector<float> &q) {
   return d;
 }
 
+// The sum of count(t) for t in [0, threads), each on its own thread.
+template <class Count>
+uint64_t count_on_threads(unsigned threads, const Count &count) {
+  std::atomic<uint64_t> total{0};
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) pool.emplace_back([&, t] { total += count(t); });
+  for (auto &th : pool) th.join();
+  return total.load();
+}
+
 // Mismatches over x = +-bits_float(u) for u in [u0, u1], on `threads` threads.
 uint64_t sweep(const DynamicCoder &d, const std::vector<float> &q, uint32_t u0, uint32_t u1, uint32_t stride,
                unsigned threads) {
-  std::atomic<uint64_t> bad{0};
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      uint64_t local = 0;
-      for (uint64_t u = u0 + uint64_t(t) * stride; u <= u1; u += uint64_t(threads) * stride) {
-        const float x = bits_float(static_cast<uint32_t>(u));
-        local += dynamic_code(d, x) != quantize_nearest(q.data(), x);
-        local += dynamic_code(d, -x) != quantize_nearest(q.data(), -x);
-      }
-      bad += local;
-    });
-  }
-  for (auto &th : pool) th.join();
-  return bad.load();
+  return count_on_threads(threads, [&](unsigned t) {
+    uint64_t bad = 0;
+    for (uint64_t u = u0 + uint64_t(t) * stride; u <= u1; u += uint64_t(threads) * stride) {
+      const float x = bits_float(static_cast<uint32_t>(u));
+      bad += dynamic_code(d, x) != quantize_nearest(q.data(), x);
+      bad += dynamic_code(d, -x) != quantize_nearest(q.data(), -x);
+    }
+    return bad;
+  });
 }
 
 // Around every midpoint between neighbouring codes and every code itself:
@@ -69,27 +73,21 @@ uint64_t around_midpoints(const DynamicCoder &d, const std::vector<float> &q) {
 // [u0, u1], 64 Ki at a time per thread.
 uint64_t sweep_encoder(const DynamicCoder &d, uint32_t u0, uint32_t u1, unsigned threads) {
   constexpr uint64_t kRun = 65536;
-  std::atomic<uint64_t> bad{0};
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      std::vector<float> x(2 * kRun);
-      std::vector<uint8_t> codes(2 * kRun);
-      uint64_t local = 0;
-      for (uint64_t b = u0 + uint64_t(t) * kRun; b <= u1; b += uint64_t(threads) * kRun) {
-        const uint64_t n = std::min<uint64_t>(kRun, uint64_t(u1) - b + 1);
-        for (uint64_t i = 0; i < n; ++i) {
-          x[2 * i] = bits_float(static_cast<uint32_t>(b + i));
-          x[2 * i + 1] = -x[2 * i];
-        }
-        qrms::core::cpu_encode(d, x.data(), 1.0f, codes.data(), int64_t(2 * n));
-        for (uint64_t i = 0; i < 2 * n; ++i) local += codes[i] != dynamic_code(d, x[i]);
+  return count_on_threads(threads, [&](unsigned t) {
+    std::vector<float> x(2 * kRun);
+    std::vector<uint8_t> codes(2 * kRun);
+    uint64_t bad = 0;
+    for (uint64_t b = u0 + uint64_t(t) * kRun; b <= u1; b += uint64_t(threads) * kRun) {
+      const uint64_t n = std::min<uint64_t>(kRun, uint64_t(u1) - b + 1);
+      for (uint64_t i = 0; i < n; ++i) {
+        x[2 * i] = bits_float(static_cast<uint32_t>(b + i));
+        x[2 * i + 1] = -x[2 * i];
       }
-      bad += local;
-    });
-  }
-  for (auto &th : pool) th.join();
-  return bad.load();
+      qrms::core::cpu_encode(d, x.data(), 1.0f, codes.data(), int64_t(2 * n));
+      for (uint64_t i = 0; i < 2 * n; ++i) bad += codes[i] != dynamic_code(d, x[i]);
+    }
+    return bad;
+  });
 }
 
 unsigned sweep_threads() {
@@ -196,18 +194,12 @@ TEST_CASE("4-bit coder: every float", "[sweep]") {
   const qrms::math::Map4 map = square ? qrms::math::square_map4() : qrms::math::momentum_map4();
   const qrms::math::Coder4 c = qrms::math::coder4(map);
   const unsigned threads = sweep_threads();
-  std::atomic<uint64_t> bad{0};
-  std::vector<std::thread> pool;
-  for (unsigned t = 0; t < threads; ++t) {
-    pool.emplace_back([&, t] {
-      uint64_t local = 0;
-      for (uint64_t u = t; u <= 0xffffffffu; u += threads) {
-        const float x = bits_float(static_cast<uint32_t>(u));
-        local += qrms::math::quantize4(c, x, 1.0f) != qrms::math::nearest_code4(map.v, x);
-      }
-      bad += local;
-    });
-  }
-  for (auto &th : pool) th.join();
-  CHECK(bad.load() == 0);
+  CHECK(count_on_threads(threads, [&](unsigned t) {
+          uint64_t bad = 0;
+          for (uint64_t u = t; u <= 0xffffffffu; u += threads) {
+            const float x = bits_float(static_cast<uint32_t>(u));
+            bad += qrms::math::quantize4(c, x, 1.0f) != qrms::math::nearest_code4(map.v, x);
+          }
+          return bad;
+        }) == 0);
 }
