@@ -180,12 +180,15 @@ QRMS_DEV float warp_max(float v) {
 // The new state back to memory. Blockwise8: the calling warp holds one whole
 // quantization block (all 32 lanes must call), computes its absmax over the
 // elements below n and stores it. Tensor8: quantizes against new_max1 = scale[1].
-// Blockwise4: the same per half-warp (a block of 128) with the 4-bit coder c4;
-// a code past n is 0 (an odd tensor's last high nibble).
-template <StateKind K>
-QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, const math::Coder4 &c4, int64_t i0, int64_t n,
-                          bool vec, const float (&s)[kVec]) {
+// Blockwise4: the same per half-warp (a block of 128) with q the 4-bit coder;
+// a code past n is 0 (an odd tensor's last high nibble). q: the kind's
+// quantizer (Quantizer for 8-bit state, math::Coder4 for 4-bit, unused for
+// 32-bit).
+template <StateKind K, typename Q>
+QRMS_DEV void store_state(void *state, float *scale, const Q &q, int64_t i0, int64_t n, bool vec,
+                          const float (&s)[kVec]) {
   if constexpr (K == StateKind::Float32) {
+    (void)q;
     store8(static_cast<float *>(state), i0, n, vec, s);
   } else if constexpr (K == StateKind::Blockwise4) {
     float m = 0.0f;
@@ -197,8 +200,8 @@ QRMS_DEV void store_state(void *state, float *scale, const Quantizer &q, const m
     uint8_t c[kVec / 2];
 #pragma unroll
     for (int k = 0; k < kVec / 2; ++k) {
-      const uint8_t lo = math::quantize4(c4, s[2 * k], a);
-      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4(c4, s[2 * k + 1], a) : uint8_t(0);
+      const uint8_t lo = math::quantize4(q, s[2 * k], a);
+      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4(q, s[2 * k + 1], a) : uint8_t(0);
       c[k] = math::pack4(lo, hi);
     }
     uint8_t *codes = static_cast<uint8_t *>(state) + i0 / 2;

@@ -27,28 +27,95 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 
 // ---- the update pass -------------------------------------------------------
 
-// Per element: dequantize s (and b), rms_element, P -= lr * update_scale * u,
-// store P and the new state (Blockwise8: new absmax per block; Tensor8:
-// quantized against new_max1 found by reduce_kernel). At least 4 blocks per
-// SM (at most 64 registers): without the bound the f32 8-bit and 4-bit and
-// the f16 per-tensor kernels took 73-77 registers (3 blocks); with it they
-// keep at most 24 bytes on the stack (scripts/sass-report.sh).
+// What the update pass keeps in shared memory for state kind K: the
+// quantizer of the square average (index 0) and of the momentum buffer (1),
+// each with its map. Every thread of the block must call load().
+template <StateKind K>
+struct UpdateShared {  // the 8-bit kinds
+  Quantizer q[2];
+  QRMS_DEV void load(const float *qmap, const float *momentum_qmap) {
+    load_quantizer(qmap, q[0]);
+    load_quantizer(momentum_qmap, q[1]);
+  }
+  QRMS_DEV const float *map(int i) const { return q[i].qmap; }
+  QRMS_DEV const Quantizer &coder(int i) const { return q[i]; }
+};
+
+template <>
+struct UpdateShared<StateKind::Blockwise4> {  // the two fixed maps and their coders
+  math::Map4 maps4[2];
+  math::Coder4 coders4[2];
+  QRMS_DEV void load(const float *, const float *) { load_maps4(maps4, &coders4); }
+  QRMS_DEV const float *map(int i) const { return maps4[i].v; }
+  QRMS_DEV const math::Coder4 &coder(int i) const { return coders4[i]; }
+};
+
+template <>
+struct UpdateShared<StateKind::Float32> {  // nothing to keep
+  QRMS_DEV void load(const float *, const float *) {}
+  QRMS_DEV const float *map(int) const { return nullptr; }
+  QRMS_DEV int coder(int) const { return 0; }
+};
+
+// One thread's elements [i0, i0 + 8) of tensor m: dequantize s (and b),
+// rms_element, P -= lr * update_scale * u, store P and the new state
+// (Blockwise8: new absmax per block; Tensor8: quantized against new_max1
+// found by reduce_kernel). Block-wise: all 32 lanes of the warp call it.
+// `sr`, `seed`: stochastic rounding of the parameters and its key.
+// (bench/quant_probe.cu calls it with a TensorMeta of constant options, so
+// that scripts/sass-report.sh can count the common path's instructions.)
+template <typename T, StateKind K>
+QRMS_DEV void update8(const TensorMeta &m, int64_t i0, float unscale, bool sr, uint64_t seed,
+                      const UpdateShared<K> &sh) {
+  const math::Hyper h = m.hp;
+  const bool mom = h.momentum > 0.0f;
+  const bool vec = m.vec != 0;
+  const float gscale = m.gnorm_scale ? *m.gnorm_scale : 1.0f;
+  const float uscale = h.max_unorm > 0.0f ? math::update_scale(h.max_unorm, h.eps, m.unorm[0], m.unorm[1]) : 1.0f;
+  const int64_t step = sr && m.step ? *m.step : 0;
+
+  T p[kVec], g[kVec];
+  float s[kVec], b[kVec] = {};
+  load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
+  load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
+  load_state<K>(m.state1, m.scale1, sh.map(0), i0, m.n, vec, s);
+  if (mom) load_state<K>(m.state2, m.scale2, sh.map(1), i0, m.n, vec, b);
+
+#pragma unroll
+  for (int j = 0; j < kVec; ++j) {
+    const float pf = math::to_float(p[j]);
+    float u;
+    // An element skip_zeros leaves untouched keeps its stored bits.
+    if (math::rms_element(h, pf, math::grad_in(math::to_float(g[j]), unscale), gscale, s[j], b[j], u)) {
+      const float v = math::apply_update(pf, h.lr, uscale, u);
+      p[j] = sr ? math::round_stochastic<T>(v, math::rounding_bits(seed, step, h.stream, i0 + j)) : math::from_float<T>(v);
+    }
+  }
+
+  store8(static_cast<T *>(m.param), i0, m.n, vec, p);
+  store_state<K>(m.state1, m.scale1, sh.coder(0), i0, m.n, vec, s);
+  if (mom) store_state<K>(m.state2, m.scale2, sh.coder(1), i0, m.n, vec, b);
+}
+
+// The first element of thread's warp (block-wise kinds: the warp computes
+// its block's absmax together, so it goes on as a whole while its first
+// element exists) or of the thread (otherwise), for the thread's i0.
+template <StateKind K>
+QRMS_DEV int64_t first_element(int64_t i0) {
+  return K == StateKind::Blockwise8 || K == StateKind::Blockwise4 ? i0 - int64_t(threadIdx.x % 32) * kVec : i0;
+}
+
+// The update pass (SPEC 3) over every chunk of the launch table. At least 4
+// blocks per SM (at most 64 registers): without the bound the f32 8-bit and
+// 4-bit and the f16 per-tensor kernels took 73-77 registers (3 blocks); with
+// it they keep at most 24 bytes on the stack (scripts/sass-report.sh).
 template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads, 4) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
-  __shared__ Quantizer quant, bquant;  // 8-bit: the square average's map, the momentum buffer's
-  __shared__ math::Map4 maps4[2];      // 4-bit: the same two, fixed
-  __shared__ math::Coder4 coders4[2];  // and their quantizers
+  __shared__ UpdateShared<K> sh;
   if (args.skip && *args.skip) return;
-  if constexpr (K == StateKind::Blockwise8 || K == StateKind::Tensor8) {
-    load_quantizer(args.qmap, quant);
-    load_quantizer(args.momentum_qmap, bquant);
-  }
-  if constexpr (K == StateKind::Blockwise4) load_maps4(maps4, &coders4);
-  const float *map1 = K == StateKind::Blockwise4 ? maps4[0].v : quant.qmap;
-  const float *map2 = K == StateKind::Blockwise4 ? maps4[1].v : bquant.qmap;
+  sh.load(args.qmap, args.momentum_qmap);
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
-  const int lane = int(threadIdx.x) % 32;
   int ti = 0;
   for (int64_t c = blockIdx.x; c < args.total_chunks; c += gridDim.x) {
     ti = owner(args.chunk_start, c, ti);
@@ -58,40 +125,8 @@ __global__ void __launch_bounds__(kThreads, 4) update_kernel_impl(const __grid_c
     // prep kernel has counted it and every block reads it.
     if (c == args.chunk_start[ti] && threadIdx.x == 0 && m.step && !args.stochastic_round) ++*m.step;
     const int64_t i0 = (c - args.chunk_start[ti]) * kChunk + int64_t(threadIdx.x) * kVec;
-    // Block-wise: the warp computes its block's absmax together, so it goes on
-    // as a whole while its first element exists.
-    const int64_t first = K == StateKind::Blockwise8 || K == StateKind::Blockwise4 ? i0 - int64_t(lane) * kVec : i0;
-    if (first >= m.n) continue;
-
-    const math::Hyper h = m.hp;
-    const bool mom = h.momentum > 0.0f;
-    const bool vec = m.vec != 0;
-    const float gscale = m.gnorm_scale ? *m.gnorm_scale : 1.0f;
-    const float uscale = h.max_unorm > 0.0f ? math::update_scale(h.max_unorm, h.eps, m.unorm[0], m.unorm[1]) : 1.0f;
-    const int64_t step = args.stochastic_round && m.step ? *m.step : 0;
-
-    T p[kVec], g[kVec];
-    float s[kVec], b[kVec] = {};
-    load8(static_cast<const T *>(m.param), i0, m.n, vec, p);
-    load8(static_cast<const T *>(m.grad), i0, m.n, vec, g);
-    load_state<K>(m.state1, m.scale1, map1, i0, m.n, vec, s);
-    if (mom) load_state<K>(m.state2, m.scale2, map2, i0, m.n, vec, b);
-
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) {
-      const float pf = math::to_float(p[j]);
-      float u;
-      // An element skip_zeros leaves untouched keeps its stored bits.
-      if (math::rms_element(h, pf, math::grad_in(math::to_float(g[j]), unscale), gscale, s[j], b[j], u)) {
-        const float v = math::apply_update(pf, h.lr, uscale, u);
-        p[j] = args.stochastic_round ? math::round_stochastic<T>(v, math::rounding_bits(args.seed, step, h.stream, i0 + j))
-                                     : math::from_float<T>(v);
-      }
-    }
-
-    store8(static_cast<T *>(m.param), i0, m.n, vec, p);
-    store_state<K>(m.state1, m.scale1, quant, coders4[0], i0, m.n, vec, s);
-    if (mom) store_state<K>(m.state2, m.scale2, bquant, coders4[1], i0, m.n, vec, b);
+    if (first_element<K>(i0) >= m.n) continue;
+    update8<T, K>(m, i0, unscale, args.stochastic_round != 0, args.seed, sh);
   }
 }
 

@@ -15,6 +15,16 @@ Elements per iteration: 8 for the update kernels (kVec, one chunk per
 iteration), the number of byte stores for the probes. lds/elem: static
 shared-memory loads in the hot loop per element (searches counted once).
 
+Common path (columns common and common+mom): the hot loop of the
+common-path probe of the same dtype and kind (bench/quant_probe.cu), which
+runs the update kernel's element code with constant options: full aligned
+chunks, no weight decay, skip_zeros, clipping, max_unorm or stochastic
+rounding, without and with momentum. Every instruction of that loop, once,
+over 8 elements: what a plain step executes per element (branches the
+options leave are folded; the search for maps without a coder is a call
+behind a branch, counted as its call). This is the figure to hold against
+the budget.
+
 Budget: 132 SMs x 4 schedulers x 1.7 GHz warp instructions per second, x 32
 threads, over the elements per second the bus moves at 4.3 TB/s:
 6.68 x bytes per element thread-instructions per element.
@@ -108,13 +118,19 @@ def hot_loop(items):
 def main(argv):
     # argv: pairs of (res-usage file, sass file); the last argument is a label.
     label = argv[-1]
-    rows = []
+    rows, common = [], {}
     for res_file, sass_file in zip(argv[:-1:2], argv[1:-1:2]):
         res = resources(open(res_file).read())
         funcs = functions(open(sass_file).read())
         names = demangle(list(funcs))
         for mangled, items in funcs.items():
             name = names[mangled]
+            c = re.search(r"probe_common_kernel<(.+), \(qrms::core::StateKind\)(\d), (true|false)>", name)
+            if c:
+                loop = hot_loop(items)
+                key = f"update {KIND[c.group(2)]} {DTYPE_NAME[c.group(1)]}"
+                common[(key, c.group(3) == "true")] = loop["instructions"] / 8 if loop else float("nan")
+                continue
             m = re.search(r"(update|reduce)_kernel_impl<(.+), \(qrms::core::StateKind\)(\d)>", name)
             p = re.search(r"(probe_\w+)_kernel", name)
             if not (m and m.group(1) == "update") and not p:
@@ -135,14 +151,22 @@ def main(argv):
                 row["budget_mom"] = ISSUE / (BUS / bytes_per_element(m.group(2), KIND[m.group(3)], True))
             rows.append(row)
     rows.sort(key=lambda r: r["kernel"])
-    print(f"SASS report ({label}; sm_90; hot loop instructions per element: static, all paths, searches x8)")
+    nan = float("nan")
+    print(f"SASS report ({label}; sm_90; hot loop instructions per element: static, all paths, searches x8;"
+          " common: the common path, once)")
     print(f"{'kernel':28} {'regs':>4} {'stack':>5} {'local':>5} {'shared':>6} {'4x256/SM':>8} {'loop':>5} "
-          f"{'ins/elem':>8} {'lds/elem':>8} {'budget':>6} {'budget+mom':>10}")
+          f"{'ins/elem':>8} {'lds/elem':>8} {'budget':>6} {'budget+mom':>10} {'common':>6} {'common+mom':>10} "
+          f"{'within':>6}")
     for r in rows:
+        plain, mom = common.get((r["kernel"], False), nan), common.get((r["kernel"], True), nan)
+        within = ""
+        if "budget" in r and plain == plain and mom == mom:
+            within = {(True, True): "yes", (True, False): "plain", (False, True): "mom", (False, False): "no"}[
+                (plain <= r["budget"], mom <= r["budget_mom"])]
         print(f"{r['kernel']:28} {r['regs']:4d} {r['stack']:5d} {r['local']:5d} {r['shared']:6d} {r['4x256/SM']:>8} "
               f"{r.get('loop_ins', 0):5d} {r.get('ins/elem', 0):8.1f} {r.get('lds/elem', 0):8.1f} "
-              f"{r['budget'] if 'budget' in r else float('nan'):6.1f} "
-              f"{r['budget_mom'] if 'budget_mom' in r else float('nan'):10.1f}")
+              f"{r.get('budget', nan):6.1f} {r.get('budget_mom', nan):10.1f} "
+              f"{plain if 'budget' in r else nan:6.1f} {mom if 'budget' in r else nan:10.1f} {within:>6}")
 
 
 if __name__ == "__main__":
