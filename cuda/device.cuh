@@ -136,6 +136,18 @@ QRMS_DEV uint8_t quantize(const Quantizer &q, float v, float a) {
   return q.dynamic ? math::quantize_scaled(q.coder, v, a) : quantize_search(q, v, a);
 }
 
+// The same for a thread's 8 values of one block, choosing between coder and
+// search once for the 8 (the choice is uniform over the block).
+QRMS_DEV void quantize8(const Quantizer &q, const float (&v)[kVec], float a, uint8_t (&c)[kVec]) {
+  if (q.dynamic) {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) c[j] = math::quantize_scaled(q.coder, v[j], a);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) c[j] = quantize_search(q, v[j], a);
+  }
+}
+
 // ---- state of one thread's 8 elements ----------------------------------------
 
 // The old state as floats (SPEC 4: value = qmap[code] * scale; 4-bit state:
@@ -227,8 +239,7 @@ QRMS_DEV void store_state(void *state, float *scale, const Q &q, int64_t i0, int
       a = scale[1];
     }
     uint8_t c[kVec];
-#pragma unroll
-    for (int j = 0; j < kVec; ++j) c[j] = quantize(q, s[j], a);
+    quantize8(q, s, a, c);
     store8(static_cast<uint8_t *>(state), i0, n, vec, c);
   }
 }
