@@ -368,6 +368,18 @@ pub enum StateMap {
     Unsigned,
 }
 
+impl StateMap {
+    /// The map for a C code (`QRMS_MAP_*`); `None` for a code this binding
+    /// does not know (from a newer library).
+    pub fn from_raw(code: i32) -> Option<StateMap> {
+        match code {
+            sys::QRMS_MAP_SIGNED => Some(StateMap::Signed),
+            sys::QRMS_MAP_UNSIGNED => Some(StateMap::Unsigned),
+            _ => None,
+        }
+    }
+}
+
 /// Hyper-parameters, with bitsandbytes' names (SPEC section 2).
 /// `Config::default()` is the SPEC default (the same as `qrms_config_init`).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -453,6 +465,10 @@ impl Config {
         }
     }
 
+    /// The fields of a C struct. A `state_map` this binding does not know
+    /// reads as [`StateMap::Signed`]; [`Config::try_from_raw`] refuses it
+    /// instead (what [`Optimizer::param_config`] uses, so that a get and set
+    /// never changes a parameter's map behind the caller's back).
     pub fn from_raw(c: &sys::qrms_config) -> Config {
         Config {
             lr: c.lr,
@@ -470,8 +486,24 @@ impl Config {
             skip_nonfinite: c.skip_nonfinite != 0,
             stochastic_rounding: c.stochastic_rounding != 0,
             seed: c.seed,
-            state_map: if c.state_map == sys::QRMS_MAP_UNSIGNED { StateMap::Unsigned } else { StateMap::Signed },
+            state_map: StateMap::from_raw(c.state_map).unwrap_or(StateMap::Signed),
         }
+    }
+
+    /// [`Config::from_raw`], or an error (`Status::NotImplemented`) when the
+    /// struct holds a `state_map` this binding does not know.
+    pub fn try_from_raw(c: &sys::qrms_config) -> Result<Config> {
+        if StateMap::from_raw(c.state_map).is_none() {
+            return Err(Error {
+                status: Status::NotImplemented,
+                message: format!(
+                    "state_map code {} is not known to this binding (a newer libqrmsprop?); \
+                     it knows QRMS_MAP_SIGNED and QRMS_MAP_UNSIGNED",
+                    c.state_map
+                ),
+            });
+        }
+        Ok(Config::from_raw(c))
     }
 
     /// The loaded library's defaults (`qrms_config_init_sized`, which writes
@@ -654,7 +686,7 @@ impl<'a> Optimizer<'a> {
         let i = to_i64(index, "index")?;
         let mut cfg = Config::default().to_raw(); // struct_size = ours; the library writes at most that
         check(unsafe { sys::qrms_optimizer_get_param_config(self.as_raw(), i, &mut cfg) })?;
-        Ok(Config::from_raw(&cfg))
+        Config::try_from_raw(&cfg)
     }
 
     /// Sets the learning rate of every parameter, own configs included.

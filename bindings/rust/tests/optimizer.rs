@@ -328,6 +328,24 @@ fn unsigned_state_map_is_kept_per_parameter_and_changes_the_state() {
     assert!(u.iter().all(|x| *x >= 0.0));
 }
 
+// A map code from a newer library is refused, not read as Signed: a get,
+// change, set of a parameter's config must not change its map silently.
+#[test]
+fn unknown_state_map_code_is_refused() {
+    assert_eq!(StateMap::from_raw(sys::QRMS_MAP_SIGNED), Some(StateMap::Signed));
+    assert_eq!(StateMap::from_raw(sys::QRMS_MAP_UNSIGNED), Some(StateMap::Unsigned));
+    let mut raw = Config { state_map: StateMap::Unsigned, lr: 0.5, ..Config::default() }.to_raw();
+    let c = Config::try_from_raw(&raw).unwrap();
+    assert_eq!((c.state_map, c.lr), (StateMap::Unsigned, 0.5));
+    for code in [2, -1, 7] {
+        raw.state_map = code;
+        assert_eq!(StateMap::from_raw(code), None);
+        let e = Config::try_from_raw(&raw).unwrap_err();
+        assert_eq!(e.status, Status::NotImplemented);
+        assert!(e.message.contains(&format!("state_map code {code}")), "{}", e.message);
+    }
+}
+
 #[test]
 fn grad_none_skips_and_per_param_config() {
     let mut a = vec![1.0f32; 16];
