@@ -212,8 +212,8 @@ QRMS_DEV void store_state(void *state, float *scale, const Q &q, int64_t i0, int
     uint8_t c[kVec / 2];
 #pragma unroll
     for (int k = 0; k < kVec / 2; ++k) {
-      const uint8_t lo = math::quantize4(q, s[2 * k], a);
-      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4(q, s[2 * k + 1], a) : uint8_t(0);
+      const uint8_t lo = math::quantize4_grouped(q, s[2 * k], a);
+      const uint8_t hi = i0 + 2 * k + 1 < n ? math::quantize4_grouped(q, s[2 * k + 1], a) : uint8_t(0);
       c[k] = math::pack4(lo, hi);
     }
     uint8_t *codes = static_cast<uint8_t *>(state) + i0 / 2;

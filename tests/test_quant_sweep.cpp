@@ -185,8 +185,8 @@ TEST_CASE("F16C float -> half: the portable bits for every float", "[sweep]") {
   CHECK(bad == 0);
 }
 
-// The 4-bit coder (15 thresholds) against the rule it replaces, for both
-// 4-bit maps: every float, both signs (the thresholds are found by
+// The 4-bit coder (15 thresholds, counted directly and by groups) against
+// the rule it replaces, for both 4-bit maps: every float, both signs (the thresholds are found by
 // bisection, so this is what shows the rule is monotone).
 TEST_CASE("4-bit coder: every float", "[sweep]") {
   const bool square = GENERATE(true, false);
@@ -198,7 +198,9 @@ TEST_CASE("4-bit coder: every float", "[sweep]") {
           uint64_t bad = 0;
           for (uint64_t u = t; u <= 0xffffffffu; u += threads) {
             const float x = bits_float(static_cast<uint32_t>(u));
-            bad += qrms::math::quantize4(c, x, 1.0f) != qrms::math::nearest_code4(map.v, x);
+            const uint8_t want = qrms::math::nearest_code4(map.v, x);
+            bad += qrms::math::quantize4(c, x, 1.0f) != want;
+            bad += qrms::math::quantize4_grouped(c, x, 1.0f) != want;  // the GPU's form
           }
           return bad;
         }) == 0);

@@ -69,7 +69,11 @@ TEST_CASE("4-bit quantizer: nearest code, ties to the lower code, the sign rule"
       INFO("x = " << x);
       CHECK(int(qrms::math::quantize4(coder, x, 1.0f)) == qref::nearest_code(map.data(), x, 16));
       CHECK(int(qrms::math::quantize4(coder, -x, 1.0f)) == qref::nearest_code(map.data(), -x, 16));
+      CHECK(qrms::math::quantize4_grouped(coder, x, 1.0f) == qrms::math::quantize4(coder, x, 1.0f));
+      CHECK(qrms::math::quantize4_grouped(coder, -x, 1.0f) == qrms::math::quantize4(coder, -x, 1.0f));
     }
+    CHECK(qrms::math::quantize4_grouped(coder, NAN, 1.0f) == qrms::math::quantize4(coder, NAN, 1.0f));
+    CHECK(qrms::math::quantize4_grouped(coder, 0.5f, 0.0f) == qrms::math::quantize4(coder, 0.5f, 0.0f));
     CHECK(qrms::math::quantize4(coder, NAN, 1.0f) == qref::nearest_code(map.data(), NAN, 16));
     // A zero (or NaN) scale stores the code of the smallest non-negative value.
     CHECK(qrms::math::quantize4(coder, 0.5f, 0.0f) == (map[0] > 0.0f ? 0 : 7));
