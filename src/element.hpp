@@ -504,8 +504,9 @@ QRMS_HD float ordered_float(uint32_t k) {
 // x (ties and the sign rule included, and -0.0 codes as +0.0), so its code
 // of x is the number of thresholds t[k] <= x, where t[k] is the smallest
 // float whose code is above k (NaN compares false everywhere: code 0, as
-// nearest_code). No loop or read that depends on x: the CPU vectorises it
-// and GPU lanes read the same shared words. The sweep checks every float.
+// nearest_code). quantize4 counts all 15 with no read that depends on x
+// (the CPU vectorises it); quantize4_grouped, the GPU's, needs 6 compares.
+// The sweep checks both on every float.
 struct Coder4 {
   float t[kCodes4 - 1];
   int32_t zero;  // what a zero (or NaN) scale stores: the code of the smallest non-negative value
