@@ -48,7 +48,8 @@ __global__ void __launch_bounds__(kThreads, 4)
     probe_common_kernel(T *param, const T *grad, void *state1, float *scale1, void *state2, float *scale2,
                         const float *qmap, int64_t total_chunks, float lr, float alpha, float eps) {
   __shared__ UpdateShared<K> sh;
-  sh.load(qmap, qmap);
+  const Quantizer *const built[2] = {nullptr, nullptr};
+  sh.load(qmap, qmap, built);
   TensorMeta m{};
   m.param = param;
   m.grad = grad;

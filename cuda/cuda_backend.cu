@@ -138,7 +138,27 @@ class CudaBackend final : public Backend {
     measure_occupancy(gpu::dequantize_blockwise_kernel());
   }
 
+  ~CudaBackend() override {
+    for (int i = 0; i < prepared_count_; ++i) free(prepared_[i].quant);
+  }
+
   Device device() const override { return Device::CUDA; }
+
+  // Builds qmap's quantizer once into device memory and waits for it, so
+  // that updates on any stream (also non-blocking ones) can copy it.
+  void prepare_map(const float *qmap) override {
+    if (!qmap || prepared(qmap) || prepared_count_ == kMaxPrepared) return;  // blocks build it themselves
+    DeviceGuard guard(device_);
+    gpu::Quantizer *q = static_cast<gpu::Quantizer *>(alloc(gpu::quantizer_bytes()));
+    try {
+      launch(gpu::build_quantizer_kernel(), 1, gpu::kThreads, nullptr, "build quantizer", &qmap, &q);
+      check(cudaDeviceSynchronize(), "cudaDeviceSynchronize after building a quantizer");
+    } catch (...) {
+      free(q);
+      throw;
+    }
+    prepared_[prepared_count_++] = Prepared{qmap, q};
+  }
 
   void *alloc(size_t bytes) override {
     DeviceGuard guard(device_);
@@ -227,6 +247,8 @@ class CudaBackend final : public Backend {
         while (i < count) {
           b.qmap = qmap;
           b.momentum_qmap = ctl.momentum_qmap ? ctl.momentum_qmap : qmap;
+          b.quant[0] = prepared(b.qmap);
+          b.quant[1] = prepared(b.momentum_qmap);
           b.grad_unscale = ctl.grad_unscale;
           b.skip = ctl.skip;
           b.stochastic_round = ctl.stochastic_round && dtype != Dtype::Float32 ? 1 : 0;
@@ -451,6 +473,8 @@ class CudaBackend final : public Backend {
       gpu::UpdateBatch &s = *sub_;
       s.qmap = b.qmap;
       s.momentum_qmap = b.momentum_qmap;
+      s.quant[0] = b.quant[0];
+      s.quant[1] = b.quant[1];
       s.grad_unscale = b.grad_unscale;
       s.skip = b.skip;
       s.count = 0;
@@ -466,8 +490,22 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // The quantizer prepare_map built for qmap, or nullptr.
+  const gpu::Quantizer *prepared(const float *qmap) const {
+    for (int i = 0; i < prepared_count_; ++i)
+      if (prepared_[i].qmap == qmap) return prepared_[i].quant;
+    return nullptr;
+  }
+
   int device_;
   int sms_ = 1;
+  struct Prepared {
+    const float *qmap;
+    gpu::Quantizer *quant;
+  };
+  static constexpr int kMaxPrepared = 4;  // an optimizer prepares its two maps
+  Prepared prepared_[kMaxPrepared] = {};
+  int prepared_count_ = 0;
   struct Occupancy {
     const void *kernel;
     int blocks_per_sm;

@@ -107,6 +107,28 @@ QRMS_DEV void load_quantizer(const float *qmap_global, Quantizer &q) {
   }
 }
 
+// Copies a quantizer word by word over the block (shared or global memory
+// on either side). Every thread of the block must call it; dst is whole
+// after the next __syncthreads.
+QRMS_DEV void copy_quantizer(const Quantizer &src, Quantizer &dst) {
+  static_assert(sizeof(Quantizer) % sizeof(uint32_t) == 0, "a Quantizer is copied in 32-bit words");
+  const uint32_t *s = reinterpret_cast<const uint32_t *>(&src);
+  uint32_t *d = reinterpret_cast<uint32_t *>(&dst);
+  for (int i = int(threadIdx.x); i < int(sizeof(Quantizer) / sizeof(uint32_t)); i += int(blockDim.x)) d[i] = s[i];
+}
+
+// q from `built` (the map's quantizer built beforehand, in global memory)
+// when given, else built from the map as load_quantizer does. Every thread
+// of the block must call it.
+QRMS_DEV void load_quantizer(const float *qmap_global, const Quantizer *built, Quantizer &q) {
+  if (!built) {
+    load_quantizer(qmap_global, q);
+    return;
+  }
+  copy_quantizer(*built, q);
+  __syncthreads();
+}
+
 // The two 16-entry maps of 4-bit state into shared memory: [0] the square
 // average's, [1] the momentum buffer's; with `coders`, their quantizers too
 // (thread k < 30 finds threshold k % 15 of map k / 15). Every thread of the

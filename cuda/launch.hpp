@@ -47,9 +47,15 @@ struct TensorMeta {
 
 constexpr int kMaxTensors = 248;  // the largest that fits kParamLimit
 
+struct Quantizer;  // device.cuh
+
 struct UpdateBatch {
   const float *qmap;           // 256 device floats (8-bit kinds): the square averages' map
   const float *momentum_qmap;  // the momentum buffers' map (the same pointer when the maps are one)
+  // The quantizers of qmap and momentum_qmap built once beforehand
+  // (CudaBackend::prepare_map), which each block copies; nullptr: each block
+  // builds its own from the map.
+  const Quantizer *quant[2];
   const float *grad_unscale;  // every gradient times *grad_unscale (nullptr: 1)
   const int32_t *skip;        // while *skip != 0 (non-finite gradients) no kernel changes anything
   int64_t total_chunks;
@@ -118,6 +124,10 @@ const void *finite_kernel();
 // (qmap, in, codes, absmax, n, blocksize) and (qmap, codes, absmax, out, n, blocksize)
 const void *quantize_blockwise_kernel();
 const void *dequantize_blockwise_kernel();
+// (qmap, Quantizer *out), one block: the map's quantizer into global memory
+// (quantizer_bytes() of it).
+const void *build_quantizer_kernel();
+size_t quantizer_bytes();
 const void *slots_kernel();
 
 }  // namespace gpu

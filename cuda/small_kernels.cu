@@ -206,6 +206,14 @@ __global__ void __launch_bounds__(kThreads)
     out[i] = math::dequantize(qmap, codes[i], absmax[i / blocksize]);
 }
 
+// The map's quantizer, built once by one block and stored for the update
+// kernels to copy (CudaBackend::prepare_map).
+__global__ void __launch_bounds__(kThreads) build_quantizer_kernel_impl(const float *qmap_global, Quantizer *out) {
+  __shared__ Quantizer quant;
+  load_quantizer(qmap_global, quant);
+  copy_quantizer(quant, *out);
+}
+
 }  // namespace
 
 const void *update_prep_kernel() {
@@ -239,6 +247,12 @@ const void *quantize_blockwise_kernel() {
 }
 const void *dequantize_blockwise_kernel() {
   return QRMS_KERNEL_HANDLE(dequantize_blockwise_kernel_impl);
+}
+const void *build_quantizer_kernel() {
+  return QRMS_KERNEL_HANDLE(build_quantizer_kernel_impl);
+}
+size_t quantizer_bytes() {
+  return sizeof(Quantizer);
 }
 
 }  // namespace gpu

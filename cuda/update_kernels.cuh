@@ -29,13 +29,14 @@ QRMS_DEV int owner(const int64_t *chunk_start, int64_t c, int ti) {
 
 // What the update pass keeps in shared memory for state kind K: the
 // quantizer of the square average (index 0) and of the momentum buffer (1),
-// each with its map. Every thread of the block must call load().
+// each with its map. Every thread of the block must call load(); `built`:
+// UpdateBatch::quant.
 template <StateKind K>
 struct UpdateShared {  // the 8-bit kinds
   Quantizer q[2];
-  QRMS_DEV void load(const float *qmap, const float *momentum_qmap) {
-    load_quantizer(qmap, q[0]);
-    load_quantizer(momentum_qmap, q[1]);
+  QRMS_DEV void load(const float *qmap, const float *momentum_qmap, const Quantizer *const (&built)[2]) {
+    load_quantizer(qmap, built[0], q[0]);
+    load_quantizer(momentum_qmap, built[1], q[1]);
   }
   QRMS_DEV const float *map(int i) const { return q[i].qmap; }
   QRMS_DEV const Quantizer &coder(int i) const { return q[i]; }
@@ -45,14 +46,14 @@ template <>
 struct UpdateShared<StateKind::Blockwise4> {  // the two fixed maps and their coders
   math::Map4 maps4[2];
   math::Coder4 coders4[2];
-  QRMS_DEV void load(const float *, const float *) { load_maps4(maps4, &coders4); }
+  QRMS_DEV void load(const float *, const float *, const Quantizer *const (&)[2]) { load_maps4(maps4, &coders4); }
   QRMS_DEV const float *map(int i) const { return maps4[i].v; }
   QRMS_DEV const math::Coder4 &coder(int i) const { return coders4[i]; }
 };
 
 template <>
 struct UpdateShared<StateKind::Float32> {  // nothing to keep
-  QRMS_DEV void load(const float *, const float *) {}
+  QRMS_DEV void load(const float *, const float *, const Quantizer *const (&)[2]) {}
   QRMS_DEV const float *map(int) const { return nullptr; }
   QRMS_DEV int coder(int) const { return 0; }
 };
@@ -113,7 +114,7 @@ template <typename T, StateKind K>
 __global__ void __launch_bounds__(kThreads, 4) update_kernel_impl(const __grid_constant__ UpdateBatch args) {
   __shared__ UpdateShared<K> sh;
   if (args.skip && *args.skip) return;
-  sh.load(args.qmap, args.momentum_qmap);
+  sh.load(args.qmap, args.momentum_qmap, args.quant);
   const float unscale = args.grad_unscale ? *args.grad_unscale : 1.0f;
 
   int ti = 0;

@@ -105,6 +105,13 @@ class Backend {
   // Throws DeviceError when p is not memory of this backend's device.
   virtual void check_pointer(const void *p, const char *what) = 0;
 
+  // qmap (256 device floats) keeps its values while this backend lives, and
+  // later updates pass it again: a backend may derive once what it needs
+  // from the map (the CUDA backend builds its quantizer, which every block
+  // of every update launch would otherwise build). Synchronous, at setup
+  // time; updates with maps never prepared stay correct.
+  virtual void prepare_map(const float *qmap) { (void)qmap; }
+
   // Stream-ordered zeroing of device memory.
   virtual void zero(void *p, size_t bytes, void *stream) = 0;
 

@@ -117,6 +117,7 @@ Optimizer1State::Optimizer1State(const Config &cfg, Device device, int device_in
     impl_->host_qmap[u] = dynamic_map(u == 0);
     impl_->qmap[u] = DeviceBuffer(impl_->backend.get(), 256 * sizeof(float));
     impl_->backend->from_host(impl_->qmap[u].get(), impl_->host_qmap[u].data(), 256 * sizeof(float));
+    impl_->backend->prepare_map(impl_->qmap[u].get<float>());
   }
   impl_->found_inf = DeviceBuffer(impl_->backend.get(), sizeof(int32_t));
 }
