@@ -128,8 +128,9 @@ void run_update(qrms_device_t device, qrms_dtype_t dtype, qrms::core::StateKind 
   require(t.state1 != nullptr, "square_avg state is NULL");
   const bool mom = t.hp.momentum > 0.0f;
   require(mom == (t.state2 != nullptr), mom ? "momentum > 0 needs a momentum buffer" : "momentum == 0 needs a NULL momentum buffer");
-  if (kind != qrms::core::StateKind::Float32) {
+  if (kind == qrms::core::StateKind::Blockwise8 || kind == qrms::core::StateKind::Tensor8)
     require(qmap != nullptr, "qmap is NULL");
+  if (kind != qrms::core::StateKind::Float32) {
     require(t.scale1 != nullptr, "square_avg absmax/max is NULL");
     require(mom == (t.scale2 != nullptr), "the momentum absmax/max must be given exactly when momentum > 0");
   }
@@ -447,6 +448,19 @@ qrms_status_t qrms_update_8bit_tensor(qrms_device_t device, qrms_dtype_t dtype, 
                tensor_of(param, grad, n, square_avg_codes, square_avg_max, momentum_codes, momentum_max, gnorm_scale,
                          unorm),
                hp, qmap, stream);
+  });
+}
+
+qrms_status_t qrms_update_4bit_blockwise(qrms_device_t device, qrms_dtype_t dtype, void *param, const void *grad,
+                                         uint8_t *square_avg_codes, float *square_avg_absmax,
+                                         uint8_t *momentum_codes, float *momentum_absmax, int64_t n,
+                                         const qrms_update_params *hp, const float *gnorm_scale, float *unorm,
+                                         qrms_stream_t stream) {
+  return guarded("qrms_update_4bit_blockwise", [&] {
+    run_update(device, dtype, qrms::core::StateKind::Blockwise4,
+               tensor_of(param, grad, n, square_avg_codes, square_avg_absmax, momentum_codes, momentum_absmax,
+                         gnorm_scale, unorm),
+               hp, nullptr, stream);
   });
 }
 

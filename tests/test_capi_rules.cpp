@@ -132,7 +132,8 @@ TEST_CASE("C ABI: the core updates apply the same rules and change nothing", "[c
     const bool mom = hp.momentum != 0.0f, un = hp.max_unorm != 0.0f;
     std::vector<float> p(n, 1.0f), g(n, 0.5f), s(n, 0.25f), b(n, 0.125f), unorm(2, 0.0f);
     std::vector<uint8_t> s8(n, 200), b8(n, 100);
-    std::vector<float> s_abs(3, 1.0f), b_abs(3, 1.0f), s_max{1.0f, 1.0f}, b_max{1.0f, 1.0f};
+    // Absmax for 600 elements: 3 blocks of 256, 5 of 128 (4-bit).
+    std::vector<float> s_abs(5, 1.0f), b_abs(5, 1.0f), s_max{1.0f, 1.0f}, b_max{1.0f, 1.0f};
     const std::vector<float> p0 = p, s0 = s, b0 = b;
     CHECK(qrms_update_32bit(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), s.data(), mom ? b.data() : nullptr, n,
                             &hp, nullptr, un ? unorm.data() : nullptr, nullptr) == r.status);
@@ -145,12 +146,16 @@ TEST_CASE("C ABI: the core updates apply the same rules and change nothing", "[c
                                   mom ? b8.data() : nullptr, mom ? b_max.data() : nullptr, q.data(), n, &hp, nullptr,
                                   un ? unorm.data() : nullptr, nullptr) == r.status);
     check_message(r);
+    CHECK(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), s8.data(), s_abs.data(),
+                                     mom ? b8.data() : nullptr, mom ? b_abs.data() : nullptr, n, &hp, nullptr,
+                                     un ? unorm.data() : nullptr, nullptr) == r.status);
+    check_message(r);
     CHECK_SAME(p, p0);
     CHECK_SAME(s, s0);
     CHECK_SAME(b, b0);
     CHECK(std::all_of(s8.begin(), s8.end(), [](uint8_t x) { return x == 200; }));
     CHECK(std::all_of(b8.begin(), b8.end(), [](uint8_t x) { return x == 100; }));
-    CHECK_SAME(s_abs, std::vector<float>(3, 1.0f));
+    CHECK_SAME(s_abs, std::vector<float>(5, 1.0f));
     CHECK_SAME(s_max, std::vector<float>(2, 1.0f));
   }
 }
@@ -158,7 +163,7 @@ TEST_CASE("C ABI: the core updates apply the same rules and change nothing", "[c
 TEST_CASE("C ABI: argument errors of the core entry points", "[capi][core]") {
   const std::vector<float> q = qtest::signed_map();
   const int64_t n = 600;
-  std::vector<float> p(n, 1.0f), g(n, 0.5f), s(n), b(n), unorm(2), hist(100), abs8(3), mx(2);
+  std::vector<float> p(n, 1.0f), g(n, 0.5f), s(n), b(n), unorm(2), hist(100), abs8(5), mx(2);
   std::vector<uint8_t> c8(n), m8(n);
   int64_t step = 0;
   float scale = 0.0f;
@@ -219,6 +224,19 @@ TEST_CASE("C ABI: argument errors of the core entry points", "[capi][core]") {
   QRMS_CHECK_FAILS(qrms_update_8bit_tensor(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), nullptr, mx.data(),
                                            nullptr, nullptr, q.data(), n, &hp, nullptr, nullptr, nullptr),
                    INV, "square_avg");
+  // 4-bit: the same checks, and no qmap to give.
+  QRMS_CHECK_FAILS(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), c8.data(), nullptr,
+                                              nullptr, nullptr, n, &hp, nullptr, nullptr, nullptr),
+                   INV, "absmax");
+  QRMS_CHECK_FAILS(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), nullptr, abs8.data(),
+                                              nullptr, nullptr, n, &hp, nullptr, nullptr, nullptr),
+                   INV, "square_avg");
+  QRMS_CHECK_FAILS(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), c8.data(),
+                                              abs8.data(), m8.data(), abs8.data(), n, &hp, nullptr, nullptr, nullptr),
+                   INV, "momentum");
+  QRMS_CHECK_FAILS(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_BFLOAT16, raw + 1, g.data(), c8.data(),
+                                              abs8.data(), nullptr, nullptr, 8, &hp, nullptr, nullptr, nullptr),
+                   INV, "align");
   QRMS_CHECK_FAILS(qrms_update_8bit_tensor(QRMS_DEVICE_CPU, QRMS_BFLOAT16, raw + 1, g.data(), c8.data(), mx.data(),
                                            nullptr, nullptr, q.data(), 8, &hp, nullptr, nullptr, nullptr),
                    INV, "align");

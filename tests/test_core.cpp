@@ -1,7 +1,8 @@
 // The core entry points on raw CPU pointers: qrms_update_32bit,
 // qrms_update_8bit_blockwise, qrms_update_8bit_tensor and
 // qrms_percentile_clipping against the reference (codes and scales checked
-// directly), and against the optimizer object, bit for bit.
+// directly), and those and qrms_update_4bit_blockwise against the optimizer
+// object, bit for bit.
 #include <cmath>
 #include <vector>
 
@@ -11,9 +12,11 @@ using qref::Dt;
 
 namespace {
 
-enum class Kind { F32, Block8, Tensor8 };
+enum class Kind { F32, Block8, Tensor8, Block4 };
 
-const char *kind_name(Kind k) { return k == Kind::F32 ? "32-bit" : k == Kind::Block8 ? "8-bit block-wise" : "8-bit per tensor"; }
+const char *kind_name(Kind k) {
+  return k == Kind::F32 ? "32-bit" : k == Kind::Block8 ? "8-bit block-wise" : k == Kind::Tensor8 ? "8-bit per tensor" : "4-bit";
+}
 
 // A tensor's state as the core functions take it.
 struct CoreState {
@@ -21,7 +24,7 @@ struct CoreState {
   int64_t n;
   bool momentum;
   std::vector<float> s32, b32;             // 32-bit
-  std::vector<uint8_t> s8, b8;             // 8-bit codes
+  std::vector<uint8_t> s8, b8;             // 8-bit codes; 4-bit: two per byte
   std::vector<float> s_scale, b_scale;     // absmax per block, or {max1, new_max1}
   std::vector<float> unorm = std::vector<float>(2, 0.0f);
 
@@ -31,11 +34,14 @@ struct CoreState {
       s32.assign(un, 0.0f);
       if (mom) b32.assign(un, 0.0f);
     } else {
-      const size_t scales = k == Kind::Block8 ? static_cast<size_t>((n + 255) / 256) : 2;
-      s8.assign(un, 0);
+      const size_t scales = k == Kind::Block8   ? static_cast<size_t>((n + 255) / 256)
+                            : k == Kind::Block4 ? static_cast<size_t>((n + 127) / 128)
+                                                : 2;
+      const size_t bytes = k == Kind::Block4 ? (un + 1) / 2 : un;
+      s8.assign(bytes, 0);
       s_scale.assign(scales, 0.0f);
       if (mom) {
-        b8.assign(un, 0);
+        b8.assign(bytes, 0);
         b_scale.assign(scales, 0.0f);
       }
     }
@@ -48,6 +54,12 @@ struct CoreState {
     if (kind == Kind::F32) return mom ? b32 : s32;
     const std::vector<uint8_t> &codes = mom ? b8 : s8;
     const std::vector<float> &scale = mom ? b_scale : s_scale;
+    if (kind == Kind::Block4) {  // the buffer's fixed map, two codes per byte
+      const std::vector<float> map4 = mom ? qref::momentum_map4() : qref::square_map4();
+      std::vector<float> out(static_cast<size_t>(n));
+      for (size_t i = 0; i < out.size(); ++i) out[i] = map4[(codes[i / 2] >> (4 * (i % 2))) & 15] * scale[i / 128];
+      return out;
+    }
     std::vector<float> out(codes.size());
     for (size_t i = 0; i < codes.size(); ++i)
       out[i] = q[codes[i]] * (kind == Kind::Block8 ? scale[i / 256] : scale[0]);
@@ -71,6 +83,10 @@ struct CoreState {
                                        s_scale.data(), momentum ? b8.data() : nullptr,
                                        momentum ? b_scale.data() : nullptr, q.data(), n, &hp, gnorm_scale, un,
                                        nullptr);
+      case Kind::Block4:
+        return qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, static_cast<qrms_dtype_t>(dt), p.data(), g.data(),
+                                          s8.data(), s_scale.data(), momentum ? b8.data() : nullptr,
+                                          momentum ? b_scale.data() : nullptr, n, &hp, gnorm_scale, un, nullptr);
     }
     return QRMS_ERROR_INTERNAL;
   }
@@ -190,10 +206,10 @@ TEST_CASE("qrms_percentile_clipping matches the reference", "[core]") {
 }
 
 TEST_CASE("core entry points reproduce the optimizer bit for bit", "[core]") {
-  const Kind kind = GENERATE(Kind::F32, Kind::Block8, Kind::Tensor8);
+  const Kind kind = GENERATE(Kind::F32, Kind::Block8, Kind::Tensor8, Kind::Block4);
   const Dt dt = GENERATE(Dt::F32, Dt::F16, Dt::BF16);
   INFO(kind_name(kind) << ", " << qref::dt_name(dt));
-  const int64_t n = 3000;
+  const int64_t n = kind == Kind::Block4 ? 3001 : 3000;  // 4-bit: an odd tensor's last high nibble
   qrms_config c = qtest::config(5e-3f);
   c.alpha = 0.95f;
   c.momentum = 0.8f;
@@ -202,7 +218,7 @@ TEST_CASE("core entry points reproduce the optimizer bit for bit", "[core]") {
   c.percentile_clipping = 20;
   c.max_unorm = 0.5f;
   c.min_8bit_size = 0;
-  c.optim_bits = kind == Kind::F32 ? 32 : 8;
+  c.optim_bits = kind == Kind::F32 ? 32 : kind == Kind::Block4 ? 4 : 8;
   c.block_wise = kind == Kind::Tensor8 ? 0 : 1;
   qtest::COpt opt(QRMS_RMSPROP, c);
 

@@ -356,6 +356,17 @@ QRMS_API qrms_status_t qrms_update_8bit_tensor(qrms_device_t device, qrms_dtype_
                                                const qrms_update_params *hp,
                                                const float *gnorm_scale, float *unorm,
                                                qrms_stream_t stream);
+/* 4-bit block-wise state (blocks of 128), as a QRMS_RMSPROP_4BIT optimizer
+ * keeps it: codes are ceil(n/2) bytes, two per byte (element 2i in the low
+ * nibble of byte i, 2i + 1 in the high one), absmax ceil(n/128) floats. The
+ * maps are fixed (docs/guide.md), so there is no qmap. */
+QRMS_API qrms_status_t qrms_update_4bit_blockwise(qrms_device_t device, qrms_dtype_t dtype, void *param,
+                                                  const void *grad, uint8_t *square_avg_codes,
+                                                  float *square_avg_absmax, uint8_t *momentum_codes,
+                                                  float *momentum_absmax, int64_t n,
+                                                  const qrms_update_params *hp,
+                                                  const float *gnorm_scale, float *unorm,
+                                                  qrms_stream_t stream);
 /* Percentile clipping: `step` is a device int64 counting the steps already
  * taken; it is incremented, then gnorm_vec (100 device floats, squared
  * norms) is updated and *gnorm_scale (device float) written. percentile in

@@ -66,7 +66,8 @@ qrms::core::TensorUpdate at(const TensorLayout &l, uint8_t *base) {
 }  // namespace
 
 TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-parameters", "[gpu][core]") {
-  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8);
+  const StateKind kind = GENERATE(StateKind::Float32, StateKind::Blockwise8, StateKind::Tensor8, StateKind::Blockwise4);
+  const bool bits4 = kind == StateKind::Blockwise4;
   const Dtype dtype = GENERATE(Dtype::Float16, Dtype::Float32, Dtype::BFloat16);
   const bool with_unorm = GENERATE(false, true);
   CAPTURE(int(kind), dtype_name(dtype), with_unorm);
@@ -90,9 +91,11 @@ TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-par
     }
     l.param = arena.reserve(size_t(l.n) * es);
     l.grad = arena.reserve(size_t(l.n) * es);
-    const size_t sbytes = size_t(l.n) * (kind == StateKind::Float32 ? 4 : 1);
-    const size_t scbytes =
-        kind == StateKind::Blockwise8 ? size_t(qrms::core::num_blocks(l.n)) * 4 : (kind == StateKind::Tensor8 ? 8 : 0);
+    const size_t sbytes = kind == StateKind::Float32 ? size_t(l.n) * 4 : bits4 ? size_t(l.n + 1) / 2 : size_t(l.n);
+    const size_t scbytes = kind == StateKind::Blockwise8 ? size_t(qrms::core::num_blocks(l.n)) * 4
+                           : bits4                       ? size_t(qrms::core::num_blocks4(l.n)) * 4
+                           : kind == StateKind::Tensor8  ? 8
+                                                         : 0;
     l.s1 = arena.reserve(sbytes);
     if (scbytes) l.sc1 = arena.reserve(scbytes);
     if (mom) {
@@ -151,8 +154,12 @@ TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-par
         CHECK(ds.fraction() <= (exact ? 0.0 : 0.01));
       } else {
         int64_t diff = 0, far = 0;
+        // A code: a byte, or 4-bit's nibble (element 2i low in byte i).
+        auto code = [&](const uint8_t *base, int64_t k) {
+          return bits4 ? (base[k / 2] >> (4 * (k % 2))) & 15 : int(base[k]);
+        };
         for (int64_t k = 0; k < l.n; ++k) {
-          const int a = arena.h(s)[k], b = back[s + size_t(k)];
+          const int a = code(arena.h(s), k), b = code(back.data() + s, k);
           diff += a != b;
           far += std::abs(a - b) > 1;
         }
@@ -168,7 +175,9 @@ TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-par
     }
     for (size_t sc : {l.sc1, l.sc2}) {
       if (sc == kNone) continue;
-      const int64_t count = kind == StateKind::Blockwise8 ? qrms::core::num_blocks(l.n) : 2;
+      const int64_t count = kind == StateKind::Blockwise8 ? qrms::core::num_blocks(l.n)
+                            : bits4                       ? qrms::core::num_blocks4(l.n)
+                                                          : 2;
       const Diff da = compare(
           count, exact, [&](int64_t k) { return reinterpret_cast<const float *>(arena.h(sc))[k]; },
           [&](int64_t k) { return reinterpret_cast<const float *>(back.data() + sc)[k]; });

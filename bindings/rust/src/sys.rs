@@ -231,6 +231,21 @@ extern "C" {
         unorm: *mut f32,
         stream: qrms_stream_t,
     ) -> qrms_status_t;
+    pub fn qrms_update_4bit_blockwise(
+        device: qrms_device_t,
+        dtype: qrms_dtype_t,
+        param: *mut c_void,
+        grad: *const c_void,
+        square_avg_codes: *mut u8,
+        square_avg_absmax: *mut f32,
+        momentum_codes: *mut u8,
+        momentum_absmax: *mut f32,
+        n: i64,
+        hp: *const qrms_update_params,
+        gnorm_scale: *const f32,
+        unorm: *mut f32,
+        stream: qrms_stream_t,
+    ) -> qrms_status_t;
     pub fn qrms_percentile_clipping(
         device: qrms_device_t,
         dtype: qrms_dtype_t,

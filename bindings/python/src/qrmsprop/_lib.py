@@ -197,6 +197,11 @@ _PROTOTYPES = {
         [c_device, c_dtype, _P, _P, _U8P, _FP, _U8P, _FP, _FP, _I64,
          ctypes.POINTER(qrms_update_params), _FP, _FP, c_stream],
     ),
+    "qrms_update_4bit_blockwise": (
+        c_status,
+        [c_device, c_dtype, _P, _P, _U8P, _FP, _U8P, _FP, _I64,
+         ctypes.POINTER(qrms_update_params), _FP, _FP, c_stream],
+    ),
     "qrms_percentile_clipping": (
         c_status,
         [c_device, c_dtype, _P, _I64, _FP, ctypes.POINTER(_I64), _I32, _FP, c_stream],
