@@ -147,8 +147,9 @@ class CudaBackend final : public Backend {
   // Builds qmap's quantizer once into device memory and waits for it, so
   // that updates on any stream (also non-blocking ones) can copy it.
   void prepare_map(const float *qmap) override {
-    if (!qmap || prepared(qmap) || prepared_count_ == kMaxPrepared) return;  // blocks build it themselves
     DeviceGuard guard(device_);
+    std::lock_guard<std::mutex> lock(mutex_);  // update() reads the cache under it
+    if (!qmap || prepared(qmap) || prepared_count_ == kMaxPrepared) return;  // blocks build it themselves
     gpu::Quantizer *q = static_cast<gpu::Quantizer *>(alloc(gpu::quantizer_bytes()));
     try {
       launch(gpu::build_quantizer_kernel(), 1, gpu::kThreads, nullptr, "build quantizer", &qmap, &q);

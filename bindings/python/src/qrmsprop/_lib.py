@@ -222,6 +222,7 @@ _OPTIONAL = {
     "qrms_optimizer_shard_info",
     "qrms_optimizer_set_comm",
     "qrms_state_merge",
+    "qrms_update_4bit_blockwise",
 }
 
 
