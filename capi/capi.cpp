@@ -138,6 +138,15 @@ void run_update(qrms_device_t device, qrms_dtype_t dtype, qrms::core::StateKind 
   const size_t es = dt == qrms::Dtype::Float32 ? 4 : 2;
   require(reinterpret_cast<uintptr_t>(t.param) % es == 0 && reinterpret_cast<uintptr_t>(t.grad) % es == 0,
           "param and grad must be aligned to their element size");
+  const bool f32 = kind == qrms::core::StateKind::Float32;
+  const void *floats[] = {f32 ? t.state1 : nullptr, f32 ? t.state2 : nullptr, t.scale1, t.scale2, t.gnorm_scale, t.unorm,
+                          qmap};
+  const char *float_names[] = {"square_avg", "momentum_buf", "square_avg absmax/max", "momentum absmax/max",
+                               "gnorm_scale", "unorm", "qmap"};
+  for (size_t i = 0; i < sizeof(floats) / sizeof(floats[0]); ++i)
+    require(reinterpret_cast<uintptr_t>(floats[i]) % alignof(float) == 0,
+            std::string(float_names[i]) + " holds floats and must be aligned to " + std::to_string(alignof(float)) +
+                " bytes");
   auto backend = backend_for(device);
   const void *pointers[] = {t.param, t.grad, t.state1, t.state2, t.scale1, t.scale2, t.gnorm_scale, t.unorm, qmap};
   const char *names[] = {"param", "grad", "square_avg", "momentum", "square_avg scale", "momentum scale",

@@ -237,6 +237,25 @@ TEST_CASE("C ABI: argument errors of the core entry points", "[capi][core]") {
   QRMS_CHECK_FAILS(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_BFLOAT16, raw + 1, g.data(), c8.data(),
                                               abs8.data(), nullptr, nullptr, 8, &hp, nullptr, nullptr, nullptr),
                    INV, "align");
+  // Float buffers off their alignment: refused, none written.
+  float *abs_off = reinterpret_cast<float *>(reinterpret_cast<char *>(abs8.data()) + 1);
+  float *s_off = reinterpret_cast<float *>(reinterpret_cast<char *>(s.data()) + 2);
+  const std::vector<float> p_before = p;
+  QRMS_CHECK_FAILS(qrms_update_4bit_blockwise(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), c8.data(), abs_off,
+                                              nullptr, nullptr, 8, &hp, nullptr, nullptr, nullptr),
+                   INV, "square_avg absmax/max holds floats and must be aligned");
+  QRMS_CHECK_FAILS(qrms_update_8bit_blockwise(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), c8.data(), abs_off,
+                                              nullptr, nullptr, q.data(), 8, &hp, nullptr, nullptr, nullptr),
+                   INV, "aligned");
+  QRMS_CHECK_FAILS(qrms_update_32bit(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), s_off, nullptr, 8, &hp, nullptr,
+                                     nullptr, nullptr),
+                   INV, "square_avg holds floats");
+  const float one = 1.0f;
+  const float *gs_off = reinterpret_cast<const float *>(reinterpret_cast<const char *>(&one) + 1);
+  QRMS_CHECK_FAILS(qrms_update_32bit(QRMS_DEVICE_CPU, QRMS_FLOAT32, p.data(), g.data(), s.data(), nullptr, 8, &hp,
+                                     gs_off, nullptr, nullptr),
+                   INV, "gnorm_scale holds floats");
+  CHECK_SAME(p, p_before);
   QRMS_CHECK_FAILS(qrms_update_8bit_tensor(QRMS_DEVICE_CPU, QRMS_BFLOAT16, raw + 1, g.data(), c8.data(), mx.data(),
                                            nullptr, nullptr, q.data(), 8, &hp, nullptr, nullptr, nullptr),
                    INV, "align");

@@ -320,6 +320,8 @@ QRMS_API qrms_status_t qrms_dequantize_blockwise(qrms_device_t device, const flo
  *               floats (sum of squares of the update and of the param).
  *  stream       the CUDA stream (ignored on the CPU), always last.
  * The momentum buffer arguments must be NULL exactly when hp->momentum == 0.
+ * param and grad are aligned to their element size, float buffers to 4
+ * bytes (INVALID_ARGUMENT otherwise); codes need no alignment.
  */
 typedef struct qrms_update_params {
   size_t struct_size; /* sizeof(qrms_update_params) */
