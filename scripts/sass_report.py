@@ -20,10 +20,12 @@ common-path probe of the same dtype and kind (bench/quant_probe.cu), which
 runs the update kernel's element code with constant options: full aligned
 chunks, no weight decay, skip_zeros, clipping, max_unorm or stochastic
 rounding, without and with momentum. Every instruction of that loop, once,
-over 8 elements: what a plain step executes per element (branches the
-options leave are folded; the search for maps without a coder is a call
-behind a branch, counted as its call). This is the figure to hold against
-the budget.
+over 8 elements: close to what a plain step executes per element. It errs
+both ways (docs/performance.md, "The common path against the budget"): it
+counts the slow-path call sites and the search behind its branch, and it
+misses the selects the update kernel applies on every element for weight
+decay, skip_zeros and momentum (about 6-10 instructions per element). This
+is the figure to hold against the budget.
 
 Budget: 132 SMs x 4 schedulers x 1.7 GHz warp instructions per second, x 32
 threads, over the elements per second the bus moves at 4.3 TB/s:
