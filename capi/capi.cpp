@@ -135,24 +135,31 @@ void run_update(qrms_device_t device, qrms_dtype_t dtype, qrms::core::StateKind 
     require(mom == (t.scale2 != nullptr), "the momentum absmax/max must be given exactly when momentum > 0");
   }
   require((t.hp.max_unorm > 0.0f) == (t.unorm != nullptr), "unorm must be a 2-float scratch exactly when max_unorm > 0");
-  const size_t es = dt == qrms::Dtype::Float32 ? 4 : 2;
-  require(reinterpret_cast<uintptr_t>(t.param) % es == 0 && reinterpret_cast<uintptr_t>(t.grad) % es == 0,
-          "param and grad must be aligned to their element size");
+  // Every buffer once: its name and the alignment of its elements (codes: 1).
+  struct Buffer {
+    const void *p;
+    const char *name, *holds;
+    size_t align;
+  };
+  const size_t es = dt == qrms::Dtype::Float32 ? 4 : 2, fa = alignof(float);
   const bool f32 = kind == qrms::core::StateKind::Float32;
-  const void *floats[] = {f32 ? t.state1 : nullptr, f32 ? t.state2 : nullptr, t.scale1, t.scale2, t.gnorm_scale, t.unorm,
-                          qmap};
-  const char *float_names[] = {"square_avg", "momentum_buf", "square_avg absmax/max", "momentum absmax/max",
-                               "gnorm_scale", "unorm", "qmap"};
-  for (size_t i = 0; i < sizeof(floats) / sizeof(floats[0]); ++i)
-    require(reinterpret_cast<uintptr_t>(floats[i]) % alignof(float) == 0,
-            std::string(float_names[i]) + " holds floats and must be aligned to " + std::to_string(alignof(float)) +
-                " bytes");
+  const char *dtype_elems = "elements of its dtype", *floats = "floats", *codes = "codes";
+  const Buffer buffers[] = {{t.param, "param", dtype_elems, es},
+                            {t.grad, "grad", dtype_elems, es},
+                            {t.state1, "square_avg", f32 ? floats : codes, f32 ? fa : 1},
+                            {t.state2, "momentum", f32 ? floats : codes, f32 ? fa : 1},
+                            {t.scale1, "square_avg absmax/max", floats, fa},
+                            {t.scale2, "momentum absmax/max", floats, fa},
+                            {t.gnorm_scale, "gnorm_scale", floats, fa},
+                            {t.unorm, "unorm", floats, fa},
+                            {qmap, "qmap", floats, fa}};
+  for (const Buffer &buf : buffers)
+    require(reinterpret_cast<uintptr_t>(buf.p) % buf.align == 0, std::string(buf.name) + " holds " + buf.holds +
+                                                                      " and must be aligned to " +
+                                                                      std::to_string(buf.align) + " bytes");
   auto backend = backend_for(device);
-  const void *pointers[] = {t.param, t.grad, t.state1, t.state2, t.scale1, t.scale2, t.gnorm_scale, t.unorm, qmap};
-  const char *names[] = {"param", "grad", "square_avg", "momentum", "square_avg scale", "momentum scale",
-                         "gnorm_scale", "unorm", "qmap"};
-  for (size_t i = 0; i < sizeof(pointers) / sizeof(pointers[0]); ++i)
-    if (pointers[i]) backend->check_pointer(pointers[i], names[i]);
+  for (const Buffer &buf : buffers)
+    if (buf.p) backend->check_pointer(buf.p, buf.name);
   backend->update(kind, dt, &t, 1, qmap, qrms::core::StepControl{}, stream);
 }
 
