@@ -154,10 +154,8 @@ TEST_CASE("core update: more tensors than one launch table, per-tensor hyper-par
         CHECK(ds.fraction() <= (exact ? 0.0 : 0.01));
       } else {
         int64_t diff = 0, far = 0;
-        // A code: a byte, or 4-bit's nibble (element 2i low in byte i).
-        auto code = [&](const uint8_t *base, int64_t k) {
-          return bits4 ? (base[k / 2] >> (4 * (k % 2))) & 15 : int(base[k]);
-        };
+        // A code: a byte, or 4-bit's nibble.
+        auto code = [&](const uint8_t *base, int64_t k) { return int(bits4 ? qrms::math::code4(base, k) : base[k]); };
         for (int64_t k = 0; k < l.n; ++k) {
           const int a = code(arena.h(s), k), b = code(back.data() + s, k);
           diff += a != b;
